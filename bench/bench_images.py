@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Image-mode overhead: the whole program on a folder of 640x480 photos against a bare loop of
+the two model runs, both in this process on the same full-size benchmark models.
+
+    python3 bench/bench_images.py [--models bench/models] [--images 50] [--rounds 2]
+
+Reports the throughput ratio (program / bare loop) and the share of the program's time spent
+outside the two model runs (reading, preprocessing, words, drawing, writing the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
+from utils.images import ImageJob, run_images  # noqa: E402
+from utils.preprocess import preprocess, read_image  # noqa: E402
+from utils.runtime import RuntimeOptions  # noqa: E402
+
+
+def ensure_models(folder: Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "bench" / "make_models.py"), str(folder)], check=True)
+
+
+def make_photos(folder: Path, count: int) -> list[Path]:
+    """Distinct 640x480 JPEGs cut from the sample photo, so decoding costs what a real photo costs."""
+    base = read_image(ROOT / "samples" / "chelsea.png")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        scale = rng.uniform(1.0, 1.6)
+        big = cv2.resize(base, None, fx=scale * 640 / base.shape[1] * 1.2, fy=scale * 480 / base.shape[0] * 1.2)
+        y, x = rng.integers(0, big.shape[0] - 480), rng.integers(0, big.shape[1] - 640)
+        photo = big[y : y + 480, x : x + 640]
+        path = folder / f"photo_{i:03d}.jpg"
+        cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(path)
+    return paths
+
+
+def bare_loop(models: Path, inputs: list[np.ndarray]) -> float:
+    """Seconds for the two model runs alone, inputs already preprocessed."""
+    feat = ort.InferenceSession(str(models / "model_feat.onnx"), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(models / "model_fc_nsc.onnx"), providers=["CPUExecutionProvider"])
+    feat_in, dec_in = feat.get_inputs()[0].name, dec.get_inputs()[0].name
+    feat.run(None, {feat_in: inputs[0]})  # warm-up, as the program's captioner is warm too
+    start = time.perf_counter()
+    for x in inputs:
+        fc = feat.run(None, {feat_in: x})[0].reshape(1, -1)
+        dec.run(None, {dec_in: fc})
+    return time.perf_counter() - start
+
+
+def program(captioner: Captioner, folder: Path, out_dir: Path) -> tuple[float, float]:
+    """Seconds for the program's image mode (JSON output, annotated images saved), and the
+    seconds of it spent in the two model runs."""
+    sink = io.StringIO()
+    job = ImageJob(inputs=[str(folder)], savepath=out_dir, json=True)
+    start = time.perf_counter()
+    status = run_images(job, lambda: captioner, out=sink)
+    wall = time.perf_counter() - start
+    assert status == 0, sink.getvalue()
+    records = [json.loads(line) for line in sink.getvalue().splitlines()]
+    model = sum(r["timings"]["features"] + r["timings"]["decode"] for r in records) / 1e3
+    return wall, model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=ROOT / "bench" / "models")
+    parser.add_argument("--images", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    ensure_models(args.models)
+    with tempfile.TemporaryDirectory() as tmp:
+        photos_dir, out_dir = Path(tmp) / "photos", Path(tmp) / "out"
+        photos_dir.mkdir()
+        photos = make_photos(photos_dir, args.images)
+        inputs = [preprocess(read_image(p)) for p in photos]
+        captioner = Captioner(CaptionerOptions(model_dir=args.models, offline=True, progress=False,
+                                               runtime=RuntimeOptions(backend="onnxruntime")))
+        captioner.caption(read_image(photos[0]))  # warm-up
+        bare, prog, outside = [], [], []
+        for _ in range(args.rounds):
+            bare.append(bare_loop(args.models, inputs))
+            wall, model = program(captioner, photos_dir, out_dir)
+            prog.append(wall)
+            outside.append((wall - model) / wall)
+    n = args.images
+    b, p = statistics.median(bare), statistics.median(prog)
+    print(f"{n} images 640x480, {args.rounds} rounds, ONNX Runtime {ort.__version__}, medians:")
+    print(f"  bare loop of the two model runs: {b:.2f} s ({1e3 * b / n:.1f} ms/image)")
+    print(f"  program (-i folder --json -s out): {p:.2f} s ({1e3 * p / n:.1f} ms/image)")
+    print(f"  throughput ratio program/bare: {b / p:.3f}  (target >= 0.95)")
+    print(f"  time outside the model runs: {100 * statistics.median(outside):.2f} % of the total  (target < 5 %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Independent reference of the whole pipeline, written from FACTS and the demo's behaviour.
+
+Shares nothing with the program's code: the CLI's captions are checked against this.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from tests.builders import DecoderWeights, reference_greedy
+
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+BAD_ENDINGS = ["with", "in", "on", "of", "a", "at", "to", "for", "an", "this", "his", "her", "that", "the"]
+
+
+def demo_preprocess(rgb: np.ndarray) -> np.ndarray:
+    """The demo's steps on an RGB uint8 image."""
+    h, w, _ = rgb.shape
+    if w >= 640:
+        rgb = cv2.resize(rgb, (640, int(h * 640 / w)))
+    x = ((rgb / 255.0 - MEAN) / STD).astype(np.float32)
+    return x.transpose([2, 0, 1])
+
+
+def imread(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    image = cv2.imread(str(path), flags)
+    assert image is not None, f"cannot read {path}"
+    return image
+
+
+def demo_read_rgb(path: Path) -> np.ndarray:
+    """The demo's image loading: everything to BGRA, then to RGB."""
+    img = imread(path, cv2.IMREAD_UNCHANGED)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGRA)
+    elif img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+
+
+def image_features(model_dir: Path, rgb: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(model_dir / "model_feat.onnx"), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"img": demo_preprocess(rgb)})[0], np.float32).reshape(1, -1)
+
+
+def words_of(model_dir: Path, seq: np.ndarray, remove_bad_endings: bool = False) -> str:
+    vocab = json.loads((model_dir / "vocab.json").read_text())
+    words: list[str] = []
+    for index in seq:
+        if index == 0:
+            break
+        words.append(vocab[str(int(index))])
+    if remove_bad_endings:
+        # Upstream's rule: cut after the last word that is not a bad ending; all bad -> keep all.
+        keep = [i for i, w in enumerate(words) if w not in BAD_ENDINGS]
+        if keep:
+            words = words[: keep[-1] + 1]
+    return " ".join(words).replace("@@ ", "")
+
+
+def reference_caption(
+    model_dir: Path, weights: DecoderWeights, image_path: Path, remove_bad_endings: bool = False
+) -> tuple[str, float]:
+    """Caption and mean log-probability of its words, by the reference implementation."""
+    fc = image_features(model_dir, demo_read_rgb(image_path))
+    seq, logprobs = reference_greedy(weights, fc)
+    n = int(np.argmax(seq[0] == 0)) if (seq[0] == 0).any() else seq.shape[1]
+    confidence = float(np.mean([logprobs[0, t, seq[0, t]] for t in range(n)])) if n else float("nan")
+    return words_of(model_dir, seq[0], remove_bad_endings), confidence

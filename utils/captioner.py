@@ -1,0 +1,121 @@
+"""The Python API: load a model set once, then caption BGR images."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models import DEFAULT_DECODER, ModelFile, default_model_dir, model_set
+from utils.decoding import DecodingOptions, GreedyGraphDecoder
+from utils.errors import CaptionError
+from utils.model_files import ensure_model_set
+from utils.preprocess import preprocess
+from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, RuntimeOptions, first_input, require_ailia
+from vocab import Vocabulary, load_vocabulary
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptionerOptions:
+    model: str = DEFAULT_DECODER
+    model_dir: Path | None = None  # None: $IMAGE_CAPTIONING_MODEL_DIR or the project's models/
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    offline: bool = False  # never download; report missing or corrupt files instead
+    progress: bool = True  # download progress bars on a terminal
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    caption: str
+    indices: list[int]  # vocabulary indices of the emitted words
+    confidence: float | None  # mean log-probability of the emitted words
+    timings: dict[str, float]  # milliseconds per stage: preprocess, features, decode
+
+
+@dataclass
+class _Networks:
+    feature: Network
+    decoder: Network
+
+
+class Captioner:
+    """Caption images with one of the published decoders on ailia or ONNX Runtime."""
+
+    def __init__(self, options: CaptionerOptions | None = None) -> None:
+        self.options = options or CaptionerOptions()
+        start = time.perf_counter()
+        model_dir = self.options.model_dir or default_model_dir()
+        nets, vocab = _load(self.options, model_dir)
+        self.backend = nets.feature.backend
+        self.vocab: Vocabulary = vocab
+        self._feature = nets.feature
+        self._feature_input = first_input(nets.feature)
+        self._decoder = GreedyGraphDecoder(nets.decoder)
+        self.load_ms = 1e3 * (time.perf_counter() - start)
+
+    @property
+    def model(self) -> str:
+        return self.options.model
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        """The (1, F) image vector of a BGR image."""
+        return self._run_features(preprocess(image))
+
+    def _run_features(self, chw: np.ndarray) -> np.ndarray:
+        # The published model returns a bare (F,) vector; the decoder takes a batch of one.
+        return np.ascontiguousarray(self._feature.run({self._feature_input: chw})[0], np.float32).reshape(1, -1)
+
+    def caption(self, image: np.ndarray, options: DecodingOptions | None = None) -> CaptionResult:
+        """Caption one image: BGR (as OpenCV gives it), grey or BGRA, 8- or 16-bit."""
+        options = options or DecodingOptions()
+        t0 = time.perf_counter()
+        chw = preprocess(image)
+        t1 = time.perf_counter()
+        fc = self._run_features(chw)
+        t2 = time.perf_counter()
+        decoded = self._decoder(fc)
+        text = self.vocab.caption(decoded.indices, options.remove_bad_endings)
+        t3 = time.perf_counter()
+        return CaptionResult(
+            caption=text,
+            indices=decoded.indices,
+            confidence=decoded.confidence,
+            timings={"preprocess": 1e3 * (t1 - t0), "features": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)},
+        )
+
+
+def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabulary]:
+    backend = options.runtime.backend
+    required = model_set(options.model, with_prototxt=False)
+    paths = ensure_model_set(required, model_dir, options.offline, options.progress)
+    vocab = load_vocabulary(paths[required.vocab.name])
+    if backend in ("ailia", "auto"):
+        try:
+            return _load_ailia(options, model_dir, paths), vocab
+        except CaptionError as exc:
+            if backend == "ailia":
+                raise
+            logger.warning("ailia SDK not used: %s. Running on ONNX Runtime instead.", exc)
+    nets = _Networks(
+        feature=OnnxRuntimeNetwork(paths[required.feature[0].name]),
+        decoder=OnnxRuntimeNetwork(paths[required.decoder[0].name]),
+    )
+    return nets, vocab
+
+
+def _load_ailia(options: CaptionerOptions, model_dir: Path, paths: dict[str, Path]) -> _Networks:
+    require_ailia()  # before fetching the .prototxt files only ailia reads
+    full = model_set(options.model, with_prototxt=True)
+    protos: list[ModelFile] = [f for f in full.all if f.kind == "prototxt"]
+    paths = {**paths, **ensure_model_set(full, model_dir, options.offline, options.progress, files=protos)}
+
+    def net(files: list[ModelFile]) -> Network:
+        onnx_file = next(f for f in files if f.kind == "onnx")
+        return AiliaNetwork(paths[onnx_file.name + ".prototxt"], paths[onnx_file.name], options.runtime)
+
+    return _Networks(feature=net(full.feature), decoder=net(full.decoder))

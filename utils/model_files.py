@@ -1,0 +1,221 @@
+"""Making sure the model files are present and intact before they are loaded.
+
+Each file is fetched on first use, its content checked, and its sha256 recorded beside it in
+``<name>.sha256``; every later load compares the file with that record, so a truncated or damaged
+file is noticed and fetched again (or reported, when offline). No checksums are published
+upstream, so the first download is the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import onnx
+
+from models import MIRROR_ENV, FileKind, ModelFile, ModelSet
+from utils.atomic import write_atomic
+from utils.download import download, folder_lock, is_https
+from utils.errors import CaptionError
+from vocab import load_vocabulary
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".sha256"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_onnx(path: Path) -> None:
+    try:
+        # Only the graph is needed to tell a model from garbage; external weights are not used.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise CaptionError(f"not a valid ONNX model ({_first_line(error)})") from error
+    # Protobuf reads an empty (or lucky) byte string as an empty model, so parsing is not enough.
+    if not model.graph.output:
+        raise CaptionError("not a valid ONNX model (it has no graph outputs)")
+
+
+def _check_prototxt(path: Path) -> None:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CaptionError(f"not UTF-8 text ({error.reason} at byte {error.start})") from error
+    if not text.strip():
+        raise CaptionError("empty prototxt")
+
+
+def vocab_size(path: Path) -> int:
+    """N for a valid vocabulary file (keys exactly "1".."N", string values); CaptionError otherwise."""
+    return len(load_vocabulary(path))
+
+
+def check_file(kind: FileKind, path: Path) -> None:
+    """Raise CaptionError (the message is the reason; callers add the file) if unusable."""
+    logger.debug("checking the content of %s as %s", path, kind)
+    if kind == "onnx":
+        _check_onnx(path)
+    elif kind == "prototxt":
+        _check_prototxt(path)
+    else:
+        vocab_size(path)
+
+
+def decoder_vocab_size(onnx_path: Path) -> int | None:
+    """V from the decoder's second output (log-probabilities, last axis V+1), if it is static."""
+    outputs = onnx.load(str(onnx_path), load_external_data=False).graph.output
+    if len(outputs) < 2:
+        return None
+    dims = outputs[1].type.tensor_type.shape.dim
+    # Index 0 of the last axis is end-of-sentence, hence V+1 scores for V words.
+    if not dims or not dims[-1].HasField("dim_value") or dims[-1].dim_value < 2:
+        return None
+    return int(dims[-1].dim_value) - 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    try:
+        fields = _sidecar(path).read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if fields and len(fields[0]) == 64 and all(c in "0123456789abcdef" for c in fields[0]):
+        return fields[0]
+    # An unreadable record is no evidence either way: the file gets the content checks instead.
+    logger.debug("ignoring the malformed checksum record %s", _sidecar(path))
+    return None
+
+
+def _record_sha256(path: Path, digest: str) -> None:
+    # sha256sum's format, so `sha256sum -c model_fc.onnx.sha256` works in the model folder.
+    try:
+        write_atomic(_sidecar(path), f"{digest}  {path.name}\n".encode("ascii"))
+    except OSError as error:
+        # Not fatal: the file itself is good, and without a record it is content-checked next time.
+        logger.warning("cannot record the checksum of %s (%s)", path, error)
+
+
+def _problem(f: ModelFile, path: Path) -> str | None:
+    """Why the existing file at ``path`` cannot be used, or None when it is fine."""
+    recorded = _recorded_sha256(path)
+    if recorded is not None:
+        logger.debug("comparing %s with its recorded checksum", path)
+        if sha256_file(path) == recorded:
+            return None
+        return "checksum differs from the one recorded when it was downloaded"
+    # Placed here by hand (or a run stopped between saving it and recording its checksum).
+    try:
+        check_file(f.kind, path)
+    except CaptionError as error:
+        return str(error)
+    _record_sha256(path, sha256_file(path))
+    return None
+
+
+def _missing_message(missing: list[ModelFile], model_dir: Path) -> str:
+    count = "1 model file is" if len(missing) == 1 else f"{len(missing)} model files are"
+    lines = [
+        f"{count} missing and --offline forbids downloading; fetch each from its URL and put it at the path shown:"
+    ]
+    lines += [f"  {f.url} -> {model_dir / f.name}" for f in missing]
+    return "\n".join(lines)
+
+
+def _fetch(f: ModelFile, path: Path, progress: bool) -> None:
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror and not is_https(mirror):
+        raise CaptionError(f"{MIRROR_ENV} must be an https:// URL, not {mirror}")
+    # A corrupt file goes first: kept without its record, a failed fetch would leave it to pass the
+    # content checks next time. The record goes next: should the run stop after the new file lands,
+    # the old record must not condemn it.
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
+    digest = download(f.url, path, lambda tmp: check_file(f.kind, tmp), progress)
+    _record_sha256(path, digest)
+
+
+def ensure_file(f: ModelFile, model_dir: Path, offline: bool, progress: bool = True) -> Path:
+    """The path of ``f`` in ``model_dir``, fetched first if missing or corrupt (unless offline)."""
+    model_dir = model_dir.absolute()
+    path = model_dir / f.name
+    if offline and not path.exists():
+        raise CaptionError(_missing_message([f], model_dir))
+    if not offline:
+        try:
+            model_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CaptionError(f"cannot create the model folder {model_dir}: {error}") from error
+    try:
+        with folder_lock(model_dir):
+            _ensure_locked(f, path, offline, progress)
+    except OSError as error:  # unreadable file, full disk, no write permission...
+        raise CaptionError(f"cannot use {path}: {error}") from error
+    return path
+
+
+def _ensure_locked(f: ModelFile, path: Path, offline: bool, progress: bool) -> None:
+    # Looked at only under the lock: another process may have fetched or replaced it meanwhile.
+    if not path.exists():
+        if offline:
+            raise CaptionError(_missing_message([f], path.parent))
+    else:
+        problem = _problem(f, path)
+        if problem is None:
+            return
+        if offline:
+            raise CaptionError(f"{path} is corrupt ({problem}); delete it or run without --offline to fetch it again")
+        logger.warning("%s is corrupt (%s); fetching it again", path, problem)
+    _fetch(f, path, progress)
+
+
+def _check_vocab_matches_decoder(ms: ModelSet, paths: dict[str, Path]) -> None:
+    decoder = next((f for f in ms.decoder if f.kind == "onnx"), None)
+    if decoder is None or decoder.name not in paths or ms.vocab.name not in paths:
+        return
+    vocab_path, decoder_path = paths[ms.vocab.name], paths[decoder.name]
+    words, expected = vocab_size(vocab_path), decoder_vocab_size(decoder_path)
+    if expected is not None and words != expected:
+        raise CaptionError(
+            f"{vocab_path} has {words} words but {decoder_path} scores {expected} words; "
+            "the vocabulary must be the one published with the model"
+        )
+
+
+def ensure_model_set(
+    ms: ModelSet,
+    model_dir: Path,
+    offline: bool,
+    progress: bool = True,
+    files: list[ModelFile] | None = None,
+) -> dict[str, Path]:
+    """Ensure ``files`` (default: all of ``ms``) are present and intact; map name -> path.
+
+    Offline, every missing file is reported in one error. The vocabulary's size is checked
+    against the decoder's output when both are among the files.
+    """
+    wanted = ms.all if files is None else files
+    model_dir = model_dir.absolute()
+    if offline:
+        missing = [f for f in wanted if not (model_dir / f.name).exists()]
+        if missing:
+            raise CaptionError(_missing_message(missing, model_dir))
+    paths = {f.name: ensure_file(f, model_dir, offline, progress) for f in wanted}
+    _check_vocab_matches_decoder(ms, paths)
+    return paths

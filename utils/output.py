@@ -1,0 +1,72 @@
+"""Where annotated images go, and writing them so that nothing half-written is ever left."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from utils.atomic import write_atomic
+from utils.errors import CaptionError
+
+
+def save_image(path: Path, image: np.ndarray) -> None:
+    try:
+        ok, encoded = cv2.imencode(path.suffix, image)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise CaptionError(f"cannot encode an image as {path.suffix} for {path}")
+    try:
+        write_atomic(path, encoded.tobytes())
+    except OSError as exc:
+        raise CaptionError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _check_writable_folder(folder: Path) -> None:
+    if not folder.exists():
+        raise CaptionError(f"cannot save into {folder}: the folder does not exist")
+    if not folder.is_dir():
+        raise CaptionError(f"cannot save into {folder}: it is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CaptionError(f"cannot save into {folder}: permission denied; choose another --savepath")
+
+
+def _check_image_suffix(path: Path) -> None:
+    if not path.suffix or not cv2.haveImageWriter(str(path)):
+        raise CaptionError(
+            f"cannot save {path}: {path.suffix or 'no extension'} is not an image format OpenCV writes; "
+            "use e.g. .png or .jpg"
+        )
+
+
+def plan_outputs(inputs: list[Path], savepath: Path, many: bool) -> list[Path]:
+    """Output path for each input: ``savepath`` itself for one input (or a file of the same name
+    inside it if it is a folder), otherwise a file of the input's name inside folder ``savepath``.
+    Checked before any work: writable, an image format, never an input, never two inputs to one file."""
+    if many or savepath.is_dir():
+        if savepath.exists() and not savepath.is_dir():
+            raise CaptionError(f"--savepath {savepath} is a file; with several inputs it must be a folder")
+        try:
+            savepath.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CaptionError(f"cannot create folder {savepath}: {exc.strerror or exc}") from exc
+        outputs = [savepath / p.name for p in inputs]
+    else:
+        outputs = [savepath]
+    _check_writable_folder(outputs[0].parent)
+    resolved_inputs = {p.resolve(): p for p in inputs}
+    seen: dict[Path, Path] = {}
+    for src, out in zip(inputs, outputs, strict=True):
+        _check_image_suffix(out)
+        target = out.resolve()
+        if target in resolved_inputs:
+            raise CaptionError(
+                f"--savepath would overwrite the input {resolved_inputs[target]}; choose another path"
+            )
+        if target in seen:
+            raise CaptionError(f"inputs {seen[target]} and {src} would both be saved as {out}; save them separately")
+        seen[target] = src
+    return outputs

@@ -1,0 +1,95 @@
+"""Image reading and the exact preprocessing the feature model was used with (FACTS §3)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from utils.errors import CaptionError
+
+INPUT_WIDTH = 640
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+# ANYCOLOR|ANYDEPTH keeps grey and 16-bit data as stored, drops alpha (as the demo does) and,
+# unlike IMREAD_UNCHANGED, applies the EXIF orientation so the model sees the photo upright.
+_READ_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to a BGR (or grey) array, 8- or 16-bit, EXIF orientation applied."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise CaptionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if data.size == 0:
+        raise CaptionError(f"{path} is an empty file (0 bytes)")
+    image = cv2.imdecode(data, _READ_FLAGS)
+    if image is None:
+        raise CaptionError(f"{path} is not an image OpenCV can decode (corrupt or unsupported format)")
+    return image
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale any integer or float image to 8 bits; the normalisation assumes 0..255 pixels."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.float32) + 128.0) / 257.0).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(np.nan_to_num(image) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    info = np.iinfo(image.dtype)
+    scaled = (image.astype(np.float64) - info.min) * (255.0 / (int(info.max) - int(info.min)))
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """Any OpenCV image (grey, grey+alpha, BGR, BGRA; any depth) as 8-bit 3-channel BGR."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
+        image = np.repeat(image[:, :, :1], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    elif image.ndim != 3 or image.shape[2] != 3:
+        raise CaptionError(f"unsupported image shape {image.shape}; expected grey, BGR or BGRA")
+    if image.size == 0:
+        raise CaptionError("image has no pixels")
+    return to_uint8(np.ascontiguousarray(image))
+
+
+def resize_for_model(bgr: np.ndarray) -> np.ndarray:
+    """Images 640 px wide or wider go to 640 px wide; narrower ones keep their size."""
+    h, w = bgr.shape[:2]
+    if w < INPUT_WIDTH:
+        return bgr
+    new_h = max(1, int(h * INPUT_WIDTH / w))
+    return cv2.resize(bgr, (INPUT_WIDTH, new_h))
+
+
+@lru_cache(maxsize=1)
+def _lookup_tables() -> np.ndarray:
+    """Per-RGB-channel table of the normalised value of each 8-bit level.
+
+    Computed in float64 and then cast, exactly as the demo's whole-image arithmetic is,
+    so a table lookup gives bit-identical input at a fraction of the cost.
+    """
+    levels = np.arange(256, dtype=np.float64)[None, :] / 255.0
+    mean = np.asarray(MEAN, dtype=np.float64)[:, None]
+    std = np.asarray(STD, dtype=np.float64)[:, None]
+    return ((levels - mean) / std).astype(np.float32)
+
+
+def preprocess(image: np.ndarray) -> np.ndarray:
+    """BGR/grey/BGRA image of any depth -> float32 (3, H, W) model input, RGB order."""
+    bgr = resize_for_model(as_bgr(image))
+    tables = _lookup_tables()
+    out = np.empty((3, *bgr.shape[:2]), dtype=np.float32)
+    for rgb_channel, bgr_channel in enumerate((2, 1, 0)):
+        np.take(tables[rgb_channel], bgr[:, :, bgr_channel], out=out[rgb_channel])
+    return out

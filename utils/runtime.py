@@ -1,0 +1,133 @@
+"""Inference runtimes: the ailia SDK and ONNX Runtime behind one small interface."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from utils.errors import CaptionError
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "ailia", "onnxruntime"]
+BACKENDS: tuple[Backend, ...] = ("auto", "ailia", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    backend: Backend = "auto"
+    env_id: int | None = None  # ailia environment; None lets the SDK choose
+    memory_mode: int | None = None  # passed to ailia.Net unchanged
+
+
+class Network(Protocol):
+    """One loaded model; names come from the model file, never from this program."""
+
+    backend: str
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+class OnnxRuntimeNetwork:
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_path: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # keep ORT's own warnings off the user's terminal
+        try:
+            self._session = ort.InferenceSession(
+                str(onnx_path), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises several unrelated types for a bad file
+            raise CaptionError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self._session.run(None, feeds))
+
+
+class AiliaNetwork:
+    backend = "ailia"
+
+    def __init__(self, prototxt: Path, onnx_path: Path, options: RuntimeOptions) -> None:
+        import ailia
+
+        kwargs: dict[str, Any] = {}
+        if options.env_id is not None:
+            kwargs["env_id"] = options.env_id
+        if options.memory_mode is not None:
+            kwargs["memory_mode"] = options.memory_mode
+        try:
+            self._net = ailia.Net(str(prototxt), str(onnx_path), **kwargs)
+        except Exception as exc:
+            raise CaptionError(f"the ailia SDK cannot load {onnx_path.name}: {ailia_failure(exc)}") from exc
+        self.input_names = [self._net.get_blob_name(i) for i in self._net.get_input_blob_list()]
+        self.output_names = [self._net.get_blob_name(i) for i in self._net.get_output_blob_list()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self._net.run(feeds)]
+
+
+def ailia_failure(exc: BaseException) -> str:
+    """Explain why ailia failed; its licence code hides the real cause behind a TypeError."""
+    chain = _exception_chain(exc)
+    if any(_raised_in(e, "license.py") or "licen" in str(e).lower() for e in chain):
+        detail = next((str(e) for e in chain if "licen" in str(e).lower()), "no details")
+        return (
+            "its licence file could not be obtained (looked for ~/.shalo/AILIA.lic, then tried to "
+            f"download it: {detail}); see https://ailia.ai/license/"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return chain
+
+
+def _raised_in(exc: BaseException, filename: str) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(filename):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def ailia_environments() -> list[str]:
+    """Describe ailia's execution environments, or raise CaptionError saying why it cannot."""
+    require_ailia()
+    import ailia
+
+    try:
+        envs = [ailia.get_environment(i) for i in range(ailia.get_environment_count())]
+    except Exception as exc:
+        raise CaptionError(f"the ailia SDK cannot list its environments: {ailia_failure(exc)}") from exc
+    return [f"env_id {e.id}: {e.type} {e.name}" for e in envs]
+
+
+def require_ailia() -> None:
+    try:
+        import ailia  # noqa: F401
+    except ImportError as exc:
+        raise CaptionError(f"the ailia SDK is not installed ({exc}); install it with: pip install ailia") from exc
+
+
+
+def first_input(net: Network) -> str:
+    if not net.input_names:
+        raise CaptionError("model has no inputs")
+    return net.input_names[0]
