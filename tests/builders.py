@@ -449,6 +449,21 @@ def make_feature_model(path: Path, out_dim: int = 2048, seed: int = 0, second_ou
     _feature_io(g, x, out_dim, second_output, "feature_model", path)
 
 
+def make_resnet_stem_model(path: Path, out_dim: int = 2048, seed: int = 0) -> None:
+    """The ResNet-101's size arithmetic without its depth: 7x7/2 conv (pad 3), 3/2 max-pool with
+    ceil mode and no padding, a stride-2 1x1 conv, spatial mean. Like the published model, it
+    cannot take an image with a side under 3 px."""
+    rng = np.random.default_rng(seed)
+    g = _Graph()
+    x = g.op("Unsqueeze", ["img"], "batch", axes=[0])
+    wt, bias = g.init("conv1.weight", _he(rng, 16, 3, 7)), g.init("conv1.bias", np.zeros(16, np.float32))
+    x = g.op("Relu", [g.op("Conv", [x, wt, bias], "conv1", kernel_shape=[7, 7], strides=[2, 2], pads=[3, 3, 3, 3])])
+    x = g.op("MaxPool", [x], "pool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+    wt, bias = g.init("proj.weight", _he(rng, out_dim, 16, 1)), g.init("proj.bias", np.zeros(out_dim, np.float32))
+    x = g.op("Relu", [g.op("Conv", [x, wt, bias], "proj", kernel_shape=[1, 1], strides=[2, 2])])
+    _feature_io(g, x, out_dim, True, "resnet_stem", path)
+
+
 def make_resnet101(path: Path, seed: int = 0) -> None:
     """A full-size, random-weight Caffe-style ResNet-101 (FACTS §2) for benchmarks (~170 MB file).
 

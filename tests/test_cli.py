@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from tests.builders import DecoderWeights, make_model_set, write_vocab
+from tests.builders import DecoderWeights, make_model_set, make_resnet_stem_model, write_vocab
 from tests.conftest import SAMPLE, RunCli
 from tests.reference import BAD_ENDINGS, imread, reference_caption
 
@@ -255,3 +258,24 @@ def test_onnx_flag_and_backend_onnxruntime_are_the_same(run_cli: RunCli, models:
     b = run_cli("-i", SAMPLE, "--model-dir", models, "--offline", "--backend", "onnxruntime", "--json")
     assert a.stderr == b.stderr == ""
     assert json.loads(a.stdout)["caption"] == json.loads(b.stdout)["caption"]
+
+
+def test_tiny_images_on_a_resnet_shaped_model(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
+    make_resnet_stem_model(models / "model_feat.onnx")
+    # The model itself cannot take a 2x5 image (ONNX Runtime fails or dies) ...
+    probe = subprocess.run(
+        [sys.executable, "-c", "import numpy as np, onnxruntime as ort, sys; "
+         "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']); "
+         "s.run(None, {'img': np.zeros((3, 2, 5), np.float32)})", str(models / "model_feat.onnx")],
+        capture_output=True, timeout=60,
+    )
+    assert probe.returncode != 0
+    # ... but the program enlarges such images and captions them.
+    images = []
+    for h, w in [(1, 1), (2, 5), (5, 2), (1, 900)]:
+        path = tmp_path / f"tiny_{h}x{w}.png"
+        cv2.imwrite(str(path), np.full((h, w, 3), 128, np.uint8))
+        images.append(path)
+    proc = run_cli("-i", *images, "--model-dir", models, "--offline", "--onnx", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert all(json.loads(line)["caption"] for line in proc.stdout.splitlines())

@@ -14,7 +14,7 @@ from utils.errors import CaptionError
 from utils.preprocess import as_bgr, preprocess, read_image
 
 
-@pytest.mark.parametrize("shape", [(480, 640), (1, 1), (300, 200), (479, 639), (1000, 1500), (4000, 6000)])
+@pytest.mark.parametrize("shape", [(480, 640), (3, 3), (300, 200), (479, 639), (1000, 1500), (4000, 6000)])
 def test_matches_demo_bit_for_bit(shape: tuple[int, int]) -> None:
     bgr = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
     expected = demo_preprocess(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
@@ -27,7 +27,12 @@ def test_width_rule() -> None:
     assert preprocess(np.zeros((100, 639, 3), np.uint8)).shape == (3, 100, 639)
     assert preprocess(np.zeros((100, 640, 3), np.uint8)).shape == (3, 100, 640)
     assert preprocess(np.zeros((3000, 1280, 3), np.uint8)).shape == (3, 1500, 640)
-    assert preprocess(np.zeros((1, 5000, 3), np.uint8)).shape == (3, 1, 640)  # never 0 rows
+    # Sides under 3 px are enlarged: the ResNet-101 cannot take them (see test_tiny_images_*).
+    assert preprocess(np.zeros((1, 5000, 3), np.uint8)).shape == (3, 3, 640)
+    assert preprocess(np.zeros((1, 1, 3), np.uint8)).shape == (3, 3, 3)
+    assert preprocess(np.zeros((2, 5, 3), np.uint8)).shape == (3, 3, 5)
+    pixel = np.array([[[10, 20, 30]]], np.uint8)
+    assert np.array_equal(preprocess(pixel), demo_preprocess(np.full((3, 3, 3), [30, 20, 10], np.uint8)))
 
 
 @pytest.mark.parametrize("kind", ["grey", "bgr", "bgra"])

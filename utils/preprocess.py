@@ -11,6 +11,9 @@ import numpy as np
 from utils.errors import CaptionError
 
 INPUT_WIDTH = 640
+# The ResNet-101's 7x7/2 stem and un-padded ceil-mode max-pool leave nothing of an input with a
+# side under 3 px, and ONNX Runtime then fails or even dies (SIGFPE); such images are enlarged.
+MIN_SIDE = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -64,12 +67,15 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
 
 
 def resize_for_model(bgr: np.ndarray) -> np.ndarray:
-    """Images 640 px wide or wider go to 640 px wide; narrower ones keep their size."""
+    """Images 640 px wide or wider go to 640 px wide; narrower ones keep their size, except that
+    no side may be under MIN_SIDE px."""
     h, w = bgr.shape[:2]
-    if w < INPUT_WIDTH:
-        return bgr
-    new_h = max(1, int(h * INPUT_WIDTH / w))
-    return cv2.resize(bgr, (INPUT_WIDTH, new_h))
+    if w >= INPUT_WIDTH:
+        h, w = int(h * INPUT_WIDTH / w), INPUT_WIDTH
+        bgr = cv2.resize(bgr, (w, max(1, h)))
+    if min(h, w) < MIN_SIDE:
+        bgr = cv2.resize(bgr, (max(w, MIN_SIDE), max(h, MIN_SIDE)), interpolation=cv2.INTER_NEAREST)
+    return bgr
 
 
 @lru_cache(maxsize=1)
