@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.decoding import greedy_result
+from utils.decoding import greedy_result, split_decoder_outputs
 from utils.errors import CaptionError
 from vocab import Vocabulary, load_vocabulary, parse_vocabulary, strip_bad_endings
 
@@ -68,3 +68,13 @@ def test_load_vocabulary(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(CaptionError, match="not a JSON vocabulary"):
         load_vocabulary(path)
+
+
+def test_decoder_outputs_found_by_shape_and_float_indices_accepted() -> None:
+    logprobs = np.zeros((1, 4, 9), np.float32)
+    seq = np.array([[3, 2, 0, 0]], np.int64)
+    for outputs in ([seq, logprobs], [logprobs, seq], [seq.astype(np.float32), logprobs]):
+        got_seq, got_lp = split_decoder_outputs(outputs)
+        assert got_seq.dtype == np.int64 and got_seq.tolist() == seq.tolist() and got_lp is logprobs
+    with pytest.raises(CaptionError, match="not the expected word indices"):
+        split_decoder_outputs([logprobs])

@@ -30,20 +30,24 @@ class GreedyGraphDecoder:
         self.input_name = first_input(net)
 
     def __call__(self, fc: np.ndarray) -> Decoded:
-        seq, logprobs = _split_outputs(self.net.run({self.input_name: fc}))
+        seq, logprobs = split_decoder_outputs(self.net.run({self.input_name: fc}))
         return greedy_result(seq[0], logprobs[0])
 
 
-def _split_outputs(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Find the word row (integers) and the log-probabilities (floats, one row per step) by type."""
-    seq = next((o for o in outputs if np.issubdtype(o.dtype, np.integer) and o.ndim == 2), None)
-    logprobs = next((o for o in outputs if np.issubdtype(o.dtype, np.floating) and o.ndim == 3), None)
-    if seq is None or logprobs is None:
+def split_decoder_outputs(outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Find the word row (1, T) and the log-probabilities (1, T, V+1) by shape, not by name.
+
+    The ailia SDK hands every blob through a float32 buffer, so the indices may arrive as floats."""
+    seq = next((o for o in outputs if o.ndim == 2), None)
+    logprobs = next((o for o in outputs if o.ndim == 3 and np.issubdtype(o.dtype, np.floating)), None)
+    if seq is None or logprobs is None or seq.shape[1] != logprobs.shape[1]:
         shapes = ", ".join(f"{o.dtype}{list(o.shape)}" for o in outputs)
         raise CaptionError(
             f"the decoder's outputs ({shapes}) are not the expected word indices (1, T) and "
             "log-probabilities (1, T, V+1); is this a published decoder file?"
         )
+    if not np.issubdtype(seq.dtype, np.integer):
+        seq = np.rint(seq).astype(np.int64)
     return seq, logprobs
 
 
