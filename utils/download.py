@@ -98,6 +98,12 @@ def _stream(response: http.client.HTTPResponse, out: BinaryIO, name: str, progre
     return digest.hexdigest()
 
 
+# Said when the network itself failed, so that a user behind a firewall knows the way around it.
+_NETWORK_HINT = (
+    "; check the network, or fetch the file elsewhere, put it in the model folder and use --offline"
+)
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
@@ -144,7 +150,9 @@ def download(url: str, dest: Path, check: Callable[[Path], None], progress: bool
         if isinstance(error, urllib.error.HTTPError):
             error.close()
         if isinstance(error, (CaptionError, OSError, http.client.HTTPException)):
-            raise CaptionError(f"could not download {dest.name} from {url}: {_reason(error)}") from error
+            network = isinstance(error, (urllib.error.URLError, TimeoutError))
+            hint = _NETWORK_HINT if network and not isinstance(error, urllib.error.HTTPError) else ""
+            raise CaptionError(f"could not download {dest.name} from {url}: {_reason(error)}{hint}") from error
         raise
     return digest
 
