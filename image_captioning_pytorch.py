@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 import cv2
 
 from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV
+from utils.arg_types import positive_int, positive_number
 from utils.captioner import Captioner, CaptionerOptions
-from utils.decoding import DecodingOptions
+from utils.decoding_args import add_decoding_arguments, decoding_options, decoding_usage_error
 from utils.errors import CaptionError
 from utils.images import ImageJob, run_images
 from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments
+from utils.video import DEFAULT_INTERVAL, VideoJob, run_video, video_captioner_options
 
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "samples" / "chelsea.png"
 
 logger = logging.getLogger("image_captioning_pytorch")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,17 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="image_captioning_pytorch.py",
         description="Caption images with the ImageCaptioning.pytorch FC models (ailia SDK or ONNX Runtime).",
     )
-    p.add_argument("-i", "--input", nargs="+", metavar="PATH", default=[str(SAMPLE_IMAGE)],
+    p.add_argument("-i", "--input", nargs="+", metavar="PATH", default=None,
                    help="image files, folders (their jpg/jpeg/png/bmp/webp/tif/tiff files) or glob patterns "
                         "(default: a sample photo)")
+    p.add_argument("-v", "--video", metavar="SRC",
+                   help="caption video instead of images: a camera index (0), a video file, or a URL or "
+                        "pipeline OpenCV opens (see README, Video and webcam)")
     p.add_argument("-s", "--savepath", type=Path, metavar="PATH",
                    help="save the image with its caption drawn on it: a file for one input, "
-                        "a folder (one file per input, same name) for several")
+                        "a folder (one file per input, same name) for several; with -v the annotated "
+                        "video (.mp4/.m4v/.mov: mp4v, .avi/.mkv: MJPG)")
     p.add_argument("--model", choices=DECODERS, default=DEFAULT_DECODER,
                    help=f"captioning decoder (default {DEFAULT_DECODER})")
     p.add_argument("--json", action="store_true", help="print one JSON object per input (JSON Lines)")
-    p.add_argument("--remove-bad-endings", action="store_true",
-                   help="drop trailing words such as 'a', 'the', 'with' from captions")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="inference runtime; auto uses the ailia SDK when it works, else ONNX Runtime")
     p.add_argument("--onnx", dest="backend", action="store_const", const="onnxruntime",
@@ -63,7 +61,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-bc", "--benchmark_count", type=positive_int, default=5, metavar="N",
                    help="runs per image with --benchmark (default 5)")
     p.add_argument("--debug", action="store_true", help="log details to stderr")
+    add_video_arguments(p)
+    add_decoding_arguments(p)
     return p
+
+
+def add_video_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("video (-v)")
+    g.add_argument("--interval", type=positive_number, default=None, metavar="SECONDS",
+                   help=f"files: caption a frame every SECONDS of video time and keep the caption until the "
+                        f"next (default {DEFAULT_INTERVAL:g}); live sources: start captions at least SECONDS "
+                        "apart (default: continuously)")
+    g.add_argument("--sync", action="store_true",
+                   help="caption every frame (files); live sources: caption each frame before showing it, "
+                        "as the original demo does (the video stalls)")
+    g.add_argument("--live", action="store_true",
+                   help="play a video file at its frame rate as a live source (frames shown on time, "
+                        "captions of the latest frame)")
+    g.add_argument("--hud", action="store_true", help="also draw the display fps, caption latency and model")
+    g.add_argument("--no-display", dest="display", action="store_false",
+                   help="never open a window (automatic when there is no display)")
+
+
+def video_usage_errors(args: argparse.Namespace) -> str | None:
+    if args.video is not None:
+        if args.input is not None:
+            return "-i/--input and -v/--video cannot be used together"
+        if args.benchmark:
+            return "-b/--benchmark is for images; with -v use --hud or --json timings"
+        if args.sync and args.interval is not None:
+            return "--sync and --interval cannot be used together"
+        return None
+    used = [flag for flag, on in [("--interval", args.interval is not None), ("--sync", args.sync),
+                                  ("--live", args.live), ("--hud", args.hud), ("--no-display", not args.display)]
+            if on]
+    return f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to video (-v)" if used else None
 
 
 def configure_logging(debug: bool) -> None:
@@ -74,10 +106,31 @@ def configure_logging(debug: bool) -> None:
         # one-line messages already say what happened.
         logging.getLogger("ailia").setLevel(logging.CRITICAL)
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        # FFmpeg (video mode) prints its own complaints about damaged files straight to stderr; OpenCV
+        # reads this before its first use of FFmpeg.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
+
+def video_job(args: argparse.Namespace) -> VideoJob:
+    return VideoJob(
+        source=args.video,
+        savepath=args.savepath,
+        json=args.json,
+        interval=args.interval,
+        sync=args.sync,
+        live=args.live,
+        display=args.display,
+        hud=args.hud,
+        decoding=decoding_options(args),
+        quiet_gui=not args.debug,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (problem := video_usage_errors(args) or decoding_usage_error(args)) is not None:
+        parser.error(problem)
     configure_logging(args.debug)
     try:
         if args.env_list:
@@ -89,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             runtime=RuntimeOptions(backend=args.backend, env_id=args.env_id, memory_mode=args.memory_mode),
             offline=args.offline,
         )
+        if args.video is not None:
+            return run_video(video_job(args), lambda: Captioner(video_captioner_options(options)))
         job = ImageJob(
-            inputs=args.input,
+            inputs=args.input or [str(SAMPLE_IMAGE)],
             savepath=args.savepath,
             json=args.json,
             benchmark_count=args.benchmark_count if args.benchmark else 0,
-            decoding=DecodingOptions(remove_bad_endings=args.remove_bad_endings),
+            decoding=decoding_options(args),
         )
         return run_images(job, lambda: Captioner(options))
     except CaptionError as exc:

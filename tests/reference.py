@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from tests import reference_search
 from tests.builders import DecoderWeights, reference_greedy
 
 MEAN = [0.485, 0.456, 0.406]
@@ -64,12 +65,37 @@ def words_of(model_dir: Path, seq: np.ndarray, remove_bad_endings: bool = False)
     return " ".join(words).replace("@@ ", "")
 
 
+# The program's documented default decoding: beam search of width 5 with UNK suppressed (README).
+PROGRAM_BEAM_SIZE = 5
+
+
 def reference_caption(
-    model_dir: Path, weights: DecoderWeights, image_path: Path, remove_bad_endings: bool = False
+    model_dir: Path, weights: DecoderWeights, image_path: Path, remove_bad_endings: bool = False,
+    beam_size: int = PROGRAM_BEAM_SIZE,
 ) -> tuple[str, float]:
-    """Caption and mean log-probability of its words, by the reference implementation."""
+    """Caption and mean log-probability of its words, by the reference implementation.
+
+    Beam size 1 without remove_bad_endings is the greedy graph; anything else upstream's search
+    (tests/reference_search.py), with remove_bad_endings acting while decoding too."""
     fc = image_features(model_dir, demo_read_rgb(image_path))
-    seq, logprobs = reference_greedy(weights, fc)
-    n = int(np.argmax(seq[0] == 0)) if (seq[0] == 0).any() else seq.shape[1]
-    confidence = float(np.mean([logprobs[0, t, seq[0, t]] for t in range(n)])) if n else float("nan")
-    return words_of(model_dir, seq[0], remove_bad_endings), confidence
+    if beam_size == 1 and not remove_bad_endings:
+        seq, logprobs = reference_greedy(weights, fc)
+        n = int(np.argmax(seq[0] == 0)) if (seq[0] == 0).any() else seq.shape[1]
+        confidence = float(np.mean([logprobs[0, t, seq[0, t]] for t in range(n)])) if n else float("nan")
+        return words_of(model_dir, seq[0], remove_bad_endings), confidence
+    vocab = json.loads((model_dir / "vocab.json").read_text())
+    last = len(vocab)
+    options = reference_search.Options(
+        beam_size=beam_size, suppress_unk=True, unk_index=last if vocab[str(last)] == "UNK" else None,
+        remove_bad_endings=remove_bad_endings,
+        bad_indices=[int(k) for k, v in vocab.items() if v in reference_search.DECODE_BAD_ENDINGS],
+    )
+    net = reference_search.Net(weights)
+    if beam_size == 1:
+        tokens = reference_search.greedy(net, fc, options)
+    else:
+        tokens = reference_search.beam_search(net, fc, options)[0][0]
+    words = reference_search.words_before_end(tokens)
+    steps = reference_search.replay_logprobs(net, fc, tokens)
+    confidence = float(np.mean([steps[t][w] for t, w in enumerate(words)])) if words else float("nan")
+    return words_of(model_dir, np.array(tokens), remove_bad_endings), confidence

@@ -73,7 +73,8 @@ def test_load_vocabulary(tmp_path: Path) -> None:
 def test_decoder_outputs_found_by_shape_and_float_indices_accepted() -> None:
     logprobs = np.zeros((1, 4, 9), np.float32)
     seq = np.array([[3, 2, 0, 0]], np.int64)
-    for outputs in ([seq, logprobs], [logprobs, seq], [seq.astype(np.float32), logprobs]):
+    orders: list[list[np.ndarray]] = [[seq, logprobs], [logprobs, seq], [seq.astype(np.float32), logprobs]]
+    for outputs in orders:
         got_seq, got_lp = split_decoder_outputs(outputs)
         assert got_seq.dtype == np.int64 and got_seq.tolist() == seq.tolist() and got_lp is logprobs
     with pytest.raises(CaptionError, match="not the expected word indices"):

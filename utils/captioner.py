@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from models import DEFAULT_DECODER, ModelFile, default_model_dir, model_set
+from utils.caption_decoder import CaptionDecoder
 from utils.decoding import DecodingOptions, GreedyGraphDecoder
 from utils.errors import CaptionError
 from utils.model_files import ensure_model_set
@@ -35,6 +36,14 @@ class CaptionResult:
     indices: list[int]  # vocabulary indices of the emitted words
     confidence: float | None  # mean log-probability of the emitted words
     timings: dict[str, float]  # milliseconds per stage: preprocess, features, decode
+    nbest: list[RankedCaption] | None = None  # with DecodingOptions.nbest: the best captions, best first
+
+
+@dataclass(frozen=True)
+class RankedCaption:
+    caption: str
+    score: float  # see README, "Decoding options"
+    indices: list[int]
 
 
 @dataclass
@@ -55,7 +64,8 @@ class Captioner:
         self.vocab: Vocabulary = vocab
         self._feature = nets.feature
         self._feature_input = first_input(nets.feature)
-        self._decoder = GreedyGraphDecoder(nets.decoder)
+        decoder_file = model_dir / model_set(self.options.model, with_prototxt=False).decoder[0].name
+        self._decoder = CaptionDecoder(GreedyGraphDecoder(nets.decoder), decoder_file, vocab.words)
         self.load_ms = 1e3 * (time.perf_counter() - start)
 
     @property
@@ -78,14 +88,19 @@ class Captioner:
         t1 = time.perf_counter()
         fc = self._run_features(chw)
         t2 = time.perf_counter()
-        decoded = self._decoder(fc)
+        decoded = self._decoder(fc, options)
         text = self.vocab.caption(decoded.indices, options.remove_bad_endings)
+        nbest = None if options.nbest is None else [
+            RankedCaption(self.vocab.caption(c.indices, options.remove_bad_endings), c.score, c.indices)
+            for c in decoded.nbest
+        ]
         t3 = time.perf_counter()
         return CaptionResult(
             caption=text,
             indices=decoded.indices,
             confidence=decoded.confidence,
             timings={"preprocess": 1e3 * (t1 - t0), "features": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)},
+            nbest=nbest,
         )
 
 
@@ -102,8 +117,8 @@ def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabu
                 raise
             logger.warning("ailia SDK not used: %s. Running on ONNX Runtime instead.", exc)
     nets = _Networks(
-        feature=OnnxRuntimeNetwork(paths[required.feature[0].name]),
-        decoder=OnnxRuntimeNetwork(paths[required.decoder[0].name]),
+        feature=OnnxRuntimeNetwork(paths[required.feature[0].name], options.runtime),
+        decoder=OnnxRuntimeNetwork(paths[required.decoder[0].name], options.runtime),
     )
     return nets, vocab
 

@@ -111,6 +111,8 @@ def _record(outcome: Outcome, captioner: Captioner | None, job: ImageJob) -> dic
         timings={k: round(v, 3) for k, v in outcome.runs[-1].items()},
         output=str(outcome.output) if outcome.output else None,
     )
+    if result.nbest is not None:
+        record["nbest"] = [{"caption": c.caption, "score": c.score, "indices": c.indices} for c in result.nbest]
     if job.benchmark_count:
         stages = outcome.runs[0].keys()
         record["benchmark"] = {s: {k: round(v, 3) for k, v in _stats([r[s] for r in outcome.runs]).items()}
@@ -127,6 +129,8 @@ def _report(outcome: Outcome, captioner: Captioner | None, job: ImageJob, out: T
     elif outcome.result is not None:
         text = outcome.result.caption
         tqdm.write(text if single else f"{outcome.item.name}: {text}", file=out)
+        for rank, ranked in enumerate(outcome.result.nbest or [], start=1):
+            tqdm.write(f"  {rank}. {ranked.score:.4f}  {ranked.caption}", file=out)
         out.flush()
 
 

@@ -22,6 +22,11 @@ class RuntimeOptions:
     backend: Backend = "auto"
     env_id: int | None = None  # ailia environment; None lets the SDK choose
     memory_mode: int | None = None  # passed to ailia.Net unchanged
+    # ONNX Runtime only. Threads of one model run (None: one per core), and whether they busy-wait for
+    # work between operators: quickest for a process that does nothing else, but it keeps every core
+    # busy, which video mode (decoding and drawing beside the model) measured to be slower.
+    intra_op_threads: int | None = None
+    spin_wait: bool = True
 
 
 class Network(Protocol):
@@ -37,11 +42,15 @@ class Network(Protocol):
 class OnnxRuntimeNetwork:
     backend = "onnxruntime"
 
-    def __init__(self, onnx_path: Path) -> None:
+    def __init__(self, onnx_path: Path, options: RuntimeOptions | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # keep ORT's own warnings off the user's terminal
+        if options is not None and options.intra_op_threads is not None:
+            opts.intra_op_num_threads = options.intra_op_threads
+        if options is not None and not options.spin_wait:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(onnx_path), opts, providers=["CPUExecutionProvider"]

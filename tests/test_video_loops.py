@@ -1,0 +1,246 @@
+"""The video loops in-process: exact file captions, the live mailbox, disconnects, stopping, writing."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+import utils.video as video
+from tests.builders import DecoderWeights
+from tests.video_helpers import make_video, read_frames, scene
+from utils.captioner import Captioner, CaptionerOptions, CaptionResult
+from utils.decoding import DecodingOptions
+from utils.drawing import draw_caption
+from utils.live import CaptionEvent
+from utils.runtime import RuntimeOptions
+from utils.video import CaptionSchedule, VideoJob, format_time, graceful_stop, process_video, run_video
+from utils.video_source import Frame, VideoSource, open_source, parse_source
+from utils.video_writer import VideoFileWriter
+
+
+@pytest.fixture(scope="module")
+def captioner(model_set_dir: tuple[Path, dict[str, DecoderWeights]]) -> Captioner:
+    return Captioner(CaptionerOptions(model_dir=model_set_dir[0], offline=True, progress=False,
+                                      runtime=RuntimeOptions(backend="onnxruntime")))
+
+
+class SlowCaptioner:
+    """Stands in for Captioner: takes ``seconds`` per caption, names the frame's mean grey level."""
+
+    model = "slow"
+    backend = "test"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls = 0
+
+    def caption(self, image: np.ndarray, options: DecodingOptions | None = None) -> CaptionResult:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return CaptionResult(f"level {image.mean():.0f}", [], None, {})
+
+
+Shown = list[tuple[Frame, CaptionEvent | None, np.ndarray]]
+
+
+def observe(shown: Shown) -> video.Observer:
+    return lambda frame, event, image: shown.append((frame, event, image))
+
+
+def expected_caption_frames(count: int, fps: float, interval: float) -> list[int]:
+    """For each frame, the frame whose caption it carries: the last k with k/fps >= j*interval for some j."""
+    owners, owner, j = [], 0, 0
+    for k in range(count):
+        if k / fps >= j * interval - 1e-9:
+            owner = k
+            while j * interval <= k / fps + 1e-9:
+                j += 1
+        owners.append(owner)
+    return owners
+
+
+@pytest.mark.parametrize(("interval", "sync"), [(1.0, False), (0.3, False), (None, True)])
+def test_file_output_equals_the_sequential_loop(captioner: Captioner, tmp_path: Path, interval: float | None,
+                                                sync: bool) -> None:
+    clip = make_video(tmp_path / "clip.avi", 40, fps=10.0)
+    shown: Shown = []
+    source = open_source(str(clip))
+    job = VideoJob(source=str(clip), interval=interval, sync=sync, display=False)
+    stats = process_video(job, captioner, source, out=io.StringIO(), observer=observe(shown))
+    source.release()
+    assert stats.end == "end" and stats.frames_shown == 40
+    frames = read_frames(clip)
+    owners = list(range(40)) if sync else expected_caption_frames(40, 10.0, interval or 1.0)
+    captions = {k: captioner.caption(frames[k]).caption for k in set(owners)}
+    for k, (frame, event, image) in enumerate(shown):
+        assert frame.index == k and event is not None
+        assert event.frame.index == owners[k]
+        assert np.array_equal(image, draw_caption(frames[k], captions[owners[k]]))
+
+
+def test_file_reading_runs_ahead_of_a_slow_model(tmp_path: Path) -> None:
+    clip = make_video(tmp_path / "clip.avi", 30, fps=10.0)
+    slow = SlowCaptioner(0.05)
+    source = open_source(str(clip))
+    shown: Shown = []
+    read_when_shown: list[int] = []
+
+    def watch(frame: Frame, event: CaptionEvent | None, image: np.ndarray) -> None:
+        shown.append((frame, event, image))
+        read_when_shown.append(source.received)
+
+    stats = process_video(VideoJob(source=str(clip), interval=1.0, display=False), cast(Captioner, slow), source,
+                          out=io.StringIO(), observer=watch)
+    assert [f.index for f, _, _ in shown] == list(range(30))
+    assert stats.captions == slow.calls == 3
+    # While frame 0 was being captioned, the frames after it were already read (and queued in order).
+    assert read_when_shown[0] > 5
+
+
+def test_live_mailbox_captions_the_latest_frame(tmp_path: Path) -> None:
+    clip = make_video(tmp_path / "cam.avi", 45, fps=30.0)
+    slow = SlowCaptioner(0.1)  # 3 frame periods per caption
+    source = open_source(str(clip), realtime=True)
+    shown: Shown = []
+    stats = process_video(VideoJob(source=str(clip), live=True, display=False), cast(Captioner, slow), source,
+                          out=io.StringIO(), observer=observe(shown))
+    assert stats.end == "end"
+    assert stats.frames_shown + stats.dropped == 45 and stats.frames_shown >= 42
+    events = [e for _, e, _ in shown]
+    distinct = list(dict.fromkeys(e for e in events if e is not None))
+    assert 5 <= len(distinct) <= 16 and slow.calls <= 17  # never one caption per frame: no backlog
+    # A caption stays on screen until the next one replaces it, and captions only move forward.
+    first = events.index(distinct[0])
+    assert all(e is None for e in events[:first])
+    runs = [e for i, e in enumerate(events[first:], first) if e is not events[i - 1]]
+    assert runs == distinct
+    for frame, event, _ in shown:
+        if event is not None:
+            assert event.frame.index < frame.index and event.ready <= time.monotonic()
+    # The worker always took the newest frame: it had arrived at most a frame period before.
+    for event in distinct:
+        assert event.started - event.frame.captured < 2 / 30 + 0.05
+    assert stats.latency_ms and min(stats.latency_ms) >= 100
+
+
+def test_live_interval_spaces_the_captions(tmp_path: Path) -> None:
+    clip = make_video(tmp_path / "cam.avi", 45, fps=30.0)
+    fast = SlowCaptioner(0.0)
+    source = open_source(str(clip), realtime=True)
+    shown: Shown = []
+    process_video(VideoJob(source=str(clip), live=True, interval=0.4, display=False), cast(Captioner, fast),
+                  source, out=io.StringIO(), observer=observe(shown))
+    events = list(dict.fromkeys(e for _, e, _ in shown if e is not None))
+    assert 3 <= len(events) <= 4 and fast.calls <= 4  # 1.5 s of video, a caption every 0.4 s at most
+    starts = [e.started for e in events]
+    assert all(b - a >= 0.4 - 1e-3 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_live_sync_is_the_demo_loop(tmp_path: Path) -> None:
+    clip = make_video(tmp_path / "cam.avi", 30, fps=30.0)
+    slow = SlowCaptioner(0.1)
+    source = open_source(str(clip), realtime=True)
+    shown: Shown = []
+    stats = process_video(VideoJob(source=str(clip), live=True, sync=True, display=False), cast(Captioner, slow),
+                          source, out=io.StringIO(), observer=observe(shown))
+    assert all(e is not None and e.frame is f for f, e, _ in shown)  # each frame waits for its own caption
+    assert stats.dropped > 10 and stats.frames_shown + stats.dropped == 30
+
+
+class FakeCamera:
+    """A camera that sends ``frames`` frames at 30 fps and then stops, as an unplugged one does."""
+
+    name, kind, live, realtime, path = "camera 5", "camera", True, False, None
+    fps, width, height, dropped = 30.0, 160, 120, 0
+    frame_period = 1 / 30
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self.sent = 0
+
+    def read(self, wait: Any = None) -> Frame | None:
+        if self.sent == self.frames:
+            return None
+        time.sleep(self.frame_period)
+        self.sent += 1
+        index = self.sent - 1
+        return Frame(index, scene(index, (160, 120)), index / 30, time.monotonic())
+
+    def release(self) -> None:
+        pass
+
+
+def test_camera_disconnect_ends_cleanly_with_the_video_saved(
+    captioner: Captioner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(video, "open_source", lambda spec, realtime: cast(VideoSource, FakeCamera(20)))
+    out = tmp_path / "cam.mp4"
+    sink = io.StringIO()
+    with caplog.at_level(logging.WARNING):
+        status = run_video(VideoJob(source="5", savepath=out, display=False), lambda: captioner, out=sink)
+    assert status == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        f"camera 5 stopped sending frames at 00:00:00.633 (frame 19); saved 20 frames to {out}"
+    ]
+    assert len(read_frames(out)) == 20 and sink.getvalue()
+
+
+def test_graceful_stop_first_signal_asks_second_forces() -> None:
+    with graceful_stop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.wait(2) and stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_writer_is_atomic(tmp_path: Path) -> None:
+    dest = tmp_path / "out.mp4"
+    writer = VideoFileWriter(dest, 10.0, 160, 120)
+    assert not dest.exists() and len(list(tmp_path.iterdir())) == 1  # a hidden .part file
+    assert writer.finish() is False and not any(tmp_path.iterdir())  # no frames: nothing at all
+    writer = VideoFileWriter(dest, 10.0, 160, 120)
+    writer.write(scene(0, (160, 120)))
+    writer.abort()
+    assert not any(tmp_path.iterdir())
+    writer = VideoFileWriter(dest, 10.0, 160, 120)
+    for k in range(5):
+        writer.write(scene(k, (320, 240)))  # resized to the video's size
+    assert writer.finish() and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+    assert len(read_frames(dest)) == 5
+
+
+def test_schedule_and_timestamps() -> None:
+    schedule = CaptionSchedule(1.0, every_frame=False)
+    assert [k for k in range(75) if schedule.due(k / 29.97)] == [0, 30, 60]
+    schedule = CaptionSchedule(0.05, every_frame=False)  # shorter than a frame: every frame
+    assert all(schedule.due(k / 10) for k in range(20))
+    assert format_time(0) == "00:00:00.000" and format_time(3723.0456) == "01:02:03.046"
+    assert parse_source("0") == ("camera", 0) and parse_source(" 12 ") == ("camera", 12)
+    assert parse_source("rtsp://cam/stream")[0] == "stream" and parse_source("clip.mp4") == ("file", "clip.mp4")
+    assert parse_source("frames/%04d.png")[0] == "stream"
+
+
+def test_worker_error_is_reported(tmp_path: Path) -> None:
+    class Broken(SlowCaptioner):
+        def caption(self, image: np.ndarray, options: DecodingOptions | None = None) -> CaptionResult:
+            raise RuntimeError("model exploded")
+
+    clip = make_video(tmp_path / "cam.avi", 30, fps=30.0)
+    for live in (True, False):
+        source = open_source(str(clip), realtime=live)
+        with pytest.raises(RuntimeError, match="model exploded"):
+            process_video(VideoJob(source=str(clip), live=live, display=False), cast(Captioner, Broken(0)), source,
+                          out=io.StringIO())
+        source.release()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("captioner")]  # none left behind

@@ -1,0 +1,113 @@
+"""Writing the annotated video: codec by extension, a temporary file beside, renamed when complete.
+
+The final name only ever holds a finished, playable video: frames go to a hidden ``.NAME.part-XXXX.EXT``
+file in the same folder, which is closed (so the container is finalised), flushed to disk and renamed
+when the run ends, whether by the end of the source, q/Esc, closing the window or Ctrl-C. An error
+removes it. Only a hard kill (SIGKILL, power loss) can leave a ``.part`` file behind, never a half video.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from utils.atomic import commit
+from utils.errors import CaptionError
+from utils.output import _check_writable_folder
+
+logger = logging.getLogger(__name__)
+
+# Codecs every OpenCV build with FFmpeg writes. mp4v (MPEG-4 part 2) plays almost anywhere; MJPG keeps
+# every frame independent, so even a file cut short by a crash decodes up to its last frame.
+CODECS: dict[str, str] = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+def plan_video_output(savepath: Path, default_name: str, source: Path | None) -> Path:
+    """The file to write: ``savepath`` itself, or ``default_name`` inside it when it is a folder.
+    Checked before any work: a known video extension, a writable folder, never the input."""
+    dest = savepath / default_name if savepath.is_dir() else savepath
+    suffix = dest.suffix.lower()
+    if suffix not in CODECS:
+        known = ", ".join(CODECS)
+        raise CaptionError(
+            f"cannot save {dest}: {dest.suffix or 'no extension'} is not a video format this program writes; "
+            f"use one of {known}"
+        )
+    _check_writable_folder(dest.parent)
+    if source is not None and dest.resolve() == source.resolve():
+        raise CaptionError(f"--savepath would overwrite the input {source}; choose another path")
+    return dest
+
+
+def _temp_beside(dest: Path) -> Path:
+    """Reserve a new hidden file in ``dest``'s folder with ``dest``'s extension (OpenCV picks the
+    container from it)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = dest.with_name(f".{dest.stem}.part-{secrets.token_hex(4)}{dest.suffix}")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+class VideoFileWriter:
+    """Frames of one size at one frame rate into ``dest``, atomically (see the module docstring)."""
+
+    def __init__(self, dest: Path, fps: float, width: int, height: int) -> None:
+        self.dest = dest
+        self.fps = fps
+        self.size = (width, height)
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+        try:
+            self._tmp: Path | None = _temp_beside(dest)
+        except OSError as exc:
+            raise CaptionError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+        fourcc = cv2.VideoWriter.fourcc(*CODECS[dest.suffix.lower()])
+        self._writer = cv2.VideoWriter(str(self._tmp), fourcc, fps, self.size)
+        if not self._writer.isOpened():
+            self.abort()
+            raise CaptionError(f"cannot write {dest}: OpenCV cannot encode {dest.suffix} video here")
+
+    def write(self, image: np.ndarray) -> None:
+        if (image.shape[1], image.shape[0]) != self.size:  # a source that changed resolution mid-stream
+            image = cv2.resize(image, self.size)
+        assert self._writer is not None, "write after finish or abort"
+        self._writer.write(image)
+        self.frames += 1
+
+    def finish(self) -> bool:
+        """Close the file and give it its final name; False (and nothing written) if it has no frames."""
+        if self._tmp is None:
+            return False
+        self._release()
+        tmp, self._tmp = self._tmp, None
+        if self.frames == 0:
+            tmp.unlink(missing_ok=True)
+            return False
+        try:
+            with open(tmp, "rb+") as out:
+                commit(out, tmp, self.dest)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise CaptionError(f"cannot write {self.dest}: {exc.strerror or exc}") from exc
+        return True
+
+    def abort(self) -> None:
+        """Drop the partial file (after an error)."""
+        self._release()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()  # finalises the container (an mp4's index is written here)
+            self._writer = None
