@@ -34,6 +34,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.numpy_step_model import NumpyStepModel  # noqa: E402
 from tests.builders import (  # noqa: E402
     BENCH_EOS_BIAS,
     default_words,
@@ -46,7 +47,7 @@ from utils.decoding import DecodingOptions, GreedyGraphDecoder  # noqa: E402
 from utils.preprocess import preprocess, read_image  # noqa: E402
 from utils.runtime import OnnxRuntimeNetwork  # noqa: E402
 from utils.search import SearchSettings, StepModel, search  # noqa: E402
-from utils.step_model import NumpyStepModel, OrtStepModel  # noqa: E402
+from utils.step_model import OrtStepModel  # noqa: E402
 from utils.weights import DecoderWeights, recover_weights  # noqa: E402
 
 VOCAB = 9487

@@ -19,8 +19,8 @@ from tests.builders import DecoderWeights, default_words, make_greedy_decoder, r
 from utils.caption_decoder import CaptionDecoder
 from utils.decoding import DecodingOptions, GreedyGraphDecoder
 from utils.runtime import OnnxRuntimeNetwork
-from utils.search import SearchSettings, StepModel, search
-from utils.step_model import NumpyStepModel, OrtStepModel
+from utils.search import SearchSettings, search
+from utils.step_model import OrtStepModel
 from utils.weights import recover_weights
 
 BAD = {"a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon", "near", "to", "is", "are",
@@ -117,16 +117,6 @@ def test_beam_search_matches_the_reference(plain: Built, beam: int) -> None:
     options = DecodingOptions(beam_size=beam, nbest=beam)
     for fc in fc_inputs(4, seed=beam):
         assert_same(plain.program(fc, options), plain.reference(fc, options))
-
-
-def test_numpy_and_onnxruntime_step_models_agree(plain: Built) -> None:
-    weights = recover_weights(plain.path)
-    models: list[StepModel] = [OrtStepModel(weights), NumpyStepModel(weights)]
-    settings = SearchSettings(max_length=20, beam_size=3, suppress_unk=True, unk_index=12)
-    for fc in fc_inputs(3):
-        results = [search(m, fc, settings, np.random.default_rng(0)) for m in models]
-        assert [h.tokens for h in results[0]] == [h.tokens for h in results[1]]
-        assert [h.score for h in results[0]] == pytest.approx([h.score for h in results[1]], abs=1e-4)
 
 
 def test_nbest_is_sorted_and_distinct(plain: Built) -> None:
