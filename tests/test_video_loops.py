@@ -236,7 +236,8 @@ def test_worker_error_is_reported(tmp_path: Path) -> None:
         def caption(self, image: np.ndarray, options: DecodingOptions | None = None) -> CaptionResult:
             raise RuntimeError("model exploded")
 
-    clip = make_video(tmp_path / "cam.avi", 30, fps=30.0)
+    # 3 s of live playback: ample time for the worker thread to fail even on a loaded machine.
+    clip = make_video(tmp_path / "cam.avi", 30, fps=10.0)
     for live in (True, False):
         source = open_source(str(clip), realtime=live)
         with pytest.raises(RuntimeError, match="model exploded"):
