@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.numpy_step_model import NumpyStepModel  # noqa: E402
+from bench.photos import sample_crops  # noqa: E402
 from tests.builders import (  # noqa: E402
     BENCH_EOS_BIAS,
     default_words,
@@ -44,7 +44,7 @@ from tests.builders import (  # noqa: E402
 )
 from utils.caption_decoder import CaptionDecoder, replay_mismatch  # noqa: E402
 from utils.decoding import DecodingOptions, GreedyGraphDecoder  # noqa: E402
-from utils.preprocess import preprocess, read_image  # noqa: E402
+from utils.preprocess import preprocess  # noqa: E402
 from utils.runtime import OnnxRuntimeNetwork  # noqa: E402
 from utils.search import SearchSettings, StepModel, search  # noqa: E402
 from utils.step_model import OrtStepModel  # noqa: E402
@@ -54,19 +54,6 @@ VOCAB = 9487
 WIDTH = 512
 BUDGET = 0.15
 BEAMS = (2, 3, 5, 10)
-
-
-def photos(count: int) -> list[np.ndarray]:
-    """Distinct 640x480 crops of the sample photo."""
-    base = read_image(ROOT / "samples" / "chelsea.png")
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(count):
-        scale = rng.uniform(1.0, 1.6)
-        big = cv2.resize(base, None, fx=scale * 640 / base.shape[1] * 1.2, fy=scale * 480 / base.shape[0] * 1.2)
-        y, x = rng.integers(0, big.shape[0] - 480), rng.integers(0, big.shape[1] - 640)
-        out.append(big[y : y + 480, x : x + 640])
-    return out
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -123,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
         feature = ort.InferenceSession(str(feat_path), providers=["CPUExecutionProvider"])
         feat_in = feature.get_inputs()[0].name
-        inputs = [preprocess(p) for p in photos(args.images)]
+        inputs = [preprocess(p) for p in sample_crops(args.images)]
         fcs = [np.asarray(feature.run(None, {feat_in: x})[0], np.float32).reshape(1, -1) for x in inputs]
 
         graph = GreedyGraphDecoder(OnnxRuntimeNetwork(decoder_path))

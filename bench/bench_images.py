@@ -27,6 +27,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.photos import sample_crops  # noqa: E402
 from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
 from utils.decoding import DecodingOptions  # noqa: E402
 from utils.images import ImageJob, run_images  # noqa: E402
@@ -39,15 +40,9 @@ def ensure_models(folder: Path) -> None:
 
 
 def make_photos(folder: Path, count: int) -> list[Path]:
-    """Distinct 640x480 JPEGs cut from the sample photo, so decoding costs what a real photo costs."""
-    base = read_image(ROOT / "samples" / "chelsea.png")
-    rng = np.random.default_rng(0)
+    """640x480 JPEGs, so that reading them costs what reading a real photo costs."""
     paths = []
-    for i in range(count):
-        scale = rng.uniform(1.0, 1.6)
-        big = cv2.resize(base, None, fx=scale * 640 / base.shape[1] * 1.2, fy=scale * 480 / base.shape[0] * 1.2)
-        y, x = rng.integers(0, big.shape[0] - 480), rng.integers(0, big.shape[1] - 640)
-        photo = big[y : y + 480, x : x + 640]
+    for i, photo in enumerate(sample_crops(count)):
         path = folder / f"photo_{i:03d}.jpg"
         cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
         paths.append(path)
