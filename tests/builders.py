@@ -306,6 +306,7 @@ def make_greedy_decoder(
     prefix: str = "",
     extra_constants: bool = False,
     input_name: str = "fc_feats",
+    padded_to: int | None = None,
 ) -> None:
     """Write an unrolled greedy decoder graph as torch.onnx would trace it at opset 11.
 
@@ -313,6 +314,9 @@ def make_greedy_decoder(
     (1,steps,V+1). Weights are initializers named after the PyTorch parameters under ``prefix``.
     ``extra_constants`` adds folded constants beside them (zero state, Slice bounds, the BOS word and a
     transposed copy of ``i2h.weight`` used by a MatMul), so readers must look weights up by name.
+    ``padded_to`` mimics upstream's own loop traced with an early stop: its outputs were allocated
+    for ``padded_to`` steps, so after the ``steps`` computed ones come constant zeros (word 0 and
+    all-zero log-probability rows).
     """
     g = _Graph()
     r = w.rnn_size
@@ -384,6 +388,10 @@ def make_greedy_decoder(
         word = g.op("Mul", [it, g.op("Cast", [unfinished], to=TensorProto.INT64)], "it_masked")
         seq_parts.append(g.op("Unsqueeze", [word], axes=[1]))
         lp_parts.append(g.op("Unsqueeze", [lp], axes=[1]))
+    length = max(steps, padded_to or 0)
+    if length > steps:
+        seq_parts.append(g.const(np.zeros((1, length - steps), np.int64), "SeqPadding"))
+        lp_parts.append(g.const(np.zeros((1, length - steps, w.vocab_size + 1), np.float32), "LogprobsPadding"))
     g.nodes.append(helper.make_node("Concat", seq_parts, ["seq"], axis=1))
     g.nodes.append(helper.make_node("Concat", lp_parts, ["logprobs"], axis=1))
 
@@ -393,8 +401,8 @@ def make_greedy_decoder(
         "greedy_decoder",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, w.feat_dim])],
         [
-            helper.make_tensor_value_info("seq", TensorProto.INT64, [1, steps]),
-            helper.make_tensor_value_info("logprobs", TensorProto.FLOAT, [1, steps, w.vocab_size + 1]),
+            helper.make_tensor_value_info("seq", TensorProto.INT64, [1, length]),
+            helper.make_tensor_value_info("logprobs", TensorProto.FLOAT, [1, length, w.vocab_size + 1]),
         ],
     )
 

@@ -35,10 +35,11 @@ def fc_inputs(n: int, seed: int = 0) -> list[np.ndarray]:
 class Built:
     """A traced decoder file, the program's decoder on it, and the reference network."""
 
-    def __init__(self, folder: Path, w: DecoderWeights, words: list[str] | None = None, steps: int = 20) -> None:
+    def __init__(self, folder: Path, w: DecoderWeights, words: list[str] | None = None, steps: int = 20,
+                 padded_to: int | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "model_fc_nsc.onnx"
-        make_greedy_decoder(self.path, w, steps=steps)
+        make_greedy_decoder(self.path, w, steps=steps, padded_to=padded_to)
         self.w = w
         self.words = words or default_words(w.vocab_size)
         self.steps = steps
@@ -117,6 +118,22 @@ def test_beam_search_matches_the_reference(plain: Built, beam: int) -> None:
     options = DecodingOptions(beam_size=beam, nbest=beam)
     for fc in fc_inputs(4, seed=beam):
         assert_same(plain.program(fc, options), plain.reference(fc, options))
+
+
+def test_trace_stopped_early_with_padded_outputs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Upstream's own loop traced with an early stop: 6 computed steps, outputs padded with zeros to 20.
+    w = random_decoder_weights(12, seed=5, eos_bias=0.0)
+    built = Built(tmp_path, w, steps=6, padded_to=20)
+    assert recover_weights(built.path).steps == 6
+    for fc in fc_inputs(5, seed=4):
+        seq, _ = built.graph.run(fc)
+        assert seq.shape == (20,) and not seq[6:].any()
+        greedy = built.decoder(fc, DecodingOptions(beam_size=1))
+        assert greedy.indices == ref.words_before_end(reference_greedy(w, fc, steps=6)[0][0].tolist())
+        options = DecodingOptions(beam_size=5, nbest=3)
+        assert_same(built.program(fc, options), built.reference(fc, options))
+        assert built.decoder.last_source == "search"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_nbest_is_sorted_and_distinct(plain: Built) -> None:

@@ -72,6 +72,7 @@ class CaptionDecoder:
         self._factory = step_model
         self._model: StepModel | None = None
         self._failure: str | None = None  # why no step model can be built
+        self._traced_steps: int | None = None  # steps the graph computes, from the recovered weights
         self._warned = False
         self._lock = threading.Lock()
         self.last_source = "graph"  # "graph", "search" or "fallback": what made the last caption
@@ -79,7 +80,14 @@ class CaptionDecoder:
     def __call__(self, fc: np.ndarray, options: DecodingOptions | None = None) -> Decoded:
         options = options or DecodingOptions()
         seq, logprobs = self._graph.run(fc)
-        steps = int(seq.shape[0])
+        # The steps the trace computed are known once the weights are recovered; a --max-length needs
+        # them to tell whether the graph's own caption is long enough.
+        if needs_search(options, int(seq.shape[0])) or options.max_length is not None:
+            self.step_model()
+        # Upstream's loop traced with an early stop pads its outputs with constant zeros after the
+        # computed steps: those are not words the graph chose.
+        steps = min(int(seq.shape[0]), self._traced_steps or int(seq.shape[0]))
+        seq, logprobs = seq[:steps], logprobs[:steps]
         length = options.max_length or steps
         if not needs_search(options, steps):
             self.last_source = "graph"
@@ -117,6 +125,7 @@ class CaptionDecoder:
         if self._path is None:
             raise RecoveryError("the decoder's ONNX file is not known")
         weights = recover_weights(self._path)
+        self._traced_steps = weights.steps
         if weights.vocab_size != len(self._words):
             raise RecoveryError(
                 f"the decoder has {weights.vocab_size} words but the vocabulary {len(self._words)}"

@@ -298,7 +298,12 @@ def _by_structure(g: _Graph) -> dict[str, np.ndarray]:
 
 
 def _step_count(g: _Graph, embed_shape: tuple[int, ...]) -> int:
-    """T: from the word-index output's static shape, else the number of embedding lookups."""
+    """T, the steps the trace computed: one ArgMax picks each word. Upstream's own loop traced with an
+    early stop keeps outputs allocated for every step, padded with constants, so the outputs' shape
+    only comes next, then the number of embedding lookups."""
+    choices = sum(1 for n in g.graph.node if n.op_type == "ArgMax")
+    if choices:
+        return choices
     for out in g.graph.output:
         t = out.type.tensor_type
         integer = t.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
