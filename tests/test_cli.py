@@ -279,3 +279,14 @@ def test_tiny_images_on_a_resnet_shaped_model(run_cli: RunCli, models: Path, tmp
     proc = run_cli("-i", *images, "--model-dir", models, "--offline", "--onnx", "--json")
     assert proc.returncode == 0, proc.stderr
     assert all(json.loads(line)["caption"] for line in proc.stdout.splitlines())
+
+
+def test_auto_offline_without_prototxt_warns_in_one_line(run_cli: RunCli, models: Path) -> None:
+    for proto in models.glob("*.prototxt"):
+        proto.unlink()
+    proc = run_cli("-i", SAMPLE, "--model-dir", models, "--offline")
+    assert proc.returncode == 0 and proc.stdout.strip()
+    assert len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("WARNING: ailia SDK not used: model_feat.onnx.prototxt, model_fc_nsc.onnx.prototxt")
+    strict = run_cli("-i", SAMPLE, "--model-dir", models, "--offline", "--backend", "ailia")
+    assert strict.returncode == 1 and "model_feat.onnx.prototxt" in strict.stderr and "https://" in strict.stderr

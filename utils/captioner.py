@@ -127,6 +127,10 @@ def _load_ailia(options: CaptionerOptions, model_dir: Path, paths: dict[str, Pat
     require_ailia()  # before fetching the .prototxt files only ailia reads
     full = model_set(options.model, with_prototxt=True)
     protos: list[ModelFile] = [f for f in full.all if f.kind == "prototxt"]
+    missing = [f.name for f in protos if not (model_dir / f.name).exists()]
+    if missing and options.offline and options.runtime.backend == "auto":
+        # Said in one line: with ONNX Runtime to fall back on, the download instructions are not needed.
+        raise CaptionError(f"{', '.join(missing)} not in {model_dir} and --offline forbids downloading")
     paths = {**paths, **ensure_model_set(full, model_dir, options.offline, options.progress, files=protos)}
 
     def net(files: list[ModelFile]) -> Network:
