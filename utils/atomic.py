@@ -13,10 +13,11 @@ def create_temp_beside(dest: Path) -> tuple[int, Path]:
     """A new, exclusively created, dot-prefixed file in ``dest``'s folder: (open fd, path)."""
     # Same folder, so the final os.replace is an atomic rename on one file system. O_EXCL keeps
     # concurrent writers apart; mode 0o666 lets the umask decide, as for any file the user creates
-    # (mkstemp would force 0o600 on the model files).
+    # (mkstemp would force 0o600 on the model files). The name ends with dest's extension, because
+    # writers such as OpenCV's VideoWriter choose the format from it.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = dest.with_name(f".{dest.name}.part-{secrets.token_hex(4)}")
+        tmp = dest.with_name(f".{dest.name}.part-{secrets.token_hex(4)}{dest.suffix}")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

@@ -25,7 +25,7 @@ def save_image(path: Path, image: np.ndarray) -> None:
         raise CaptionError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def _check_writable_folder(folder: Path) -> None:
+def check_writable_folder(folder: Path) -> None:
     if not folder.exists():
         raise CaptionError(f"cannot save into {folder}: the folder does not exist")
     if not folder.is_dir():
@@ -56,7 +56,7 @@ def plan_outputs(inputs: list[Path], savepath: Path, many: bool) -> list[Path]:
         outputs = [savepath / p.name for p in inputs]
     else:
         outputs = [savepath]
-    _check_writable_folder(outputs[0].parent)
+    check_writable_folder(outputs[0].parent)
     resolved_inputs = {p.resolve(): p for p in inputs}
     seen: dict[Path, Path] = {}
     for src, out in zip(inputs, outputs, strict=True):

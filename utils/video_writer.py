@@ -1,6 +1,6 @@
 """Writing the annotated video: codec by extension, a temporary file beside, renamed when complete.
 
-The final name only ever holds a finished, playable video: frames go to a hidden ``.NAME.part-XXXX.EXT``
+The final name only ever holds a finished, playable video: frames go to a hidden ``.NAME.EXT.part-XXXX.EXT``
 file in the same folder, which is closed (so the container is finalised), flushed to disk and renamed
 when the run ends, whether by the end of the source, q/Esc, closing the window or Ctrl-C. An error
 removes it. Only a hard kill (SIGKILL, power loss) can leave a ``.part`` file behind, never a half video.
@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from utils.atomic import commit
+from utils.atomic import commit, create_temp_beside
 from utils.errors import CaptionError
-from utils.output import _check_writable_folder
+from utils.output import check_writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -38,23 +37,10 @@ def plan_video_output(savepath: Path, default_name: str, source: Path | None) ->
             f"cannot save {dest}: {dest.suffix or 'no extension'} is not a video format this program writes; "
             f"use one of {known}"
         )
-    _check_writable_folder(dest.parent)
+    check_writable_folder(dest.parent)
     if source is not None and dest.resolve() == source.resolve():
         raise CaptionError(f"--savepath would overwrite the input {source}; choose another path")
     return dest
-
-
-def _temp_beside(dest: Path) -> Path:
-    """Reserve a new hidden file in ``dest``'s folder with ``dest``'s extension (OpenCV picks the
-    container from it)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = dest.with_name(f".{dest.stem}.part-{secrets.token_hex(4)}{dest.suffix}")
-        try:
-            os.close(os.open(tmp, flags, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
 
 
 class VideoFileWriter:
@@ -67,7 +53,9 @@ class VideoFileWriter:
         self.frames = 0
         self._writer: cv2.VideoWriter | None = None
         try:
-            self._tmp: Path | None = _temp_beside(dest)
+            fd, tmp = create_temp_beside(dest)
+            os.close(fd)  # OpenCV opens the file by name
+            self._tmp: Path | None = tmp
         except OSError as exc:
             raise CaptionError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         fourcc = cv2.VideoWriter.fourcc(*CODECS[dest.suffix.lower()])
