@@ -50,6 +50,7 @@ class RankedCaption:
 class _Networks:
     feature: Network
     decoder: Network
+    decoder_file: Path  # the decoder's ONNX file, read again for beam search's weights
 
 
 class Captioner:
@@ -64,8 +65,7 @@ class Captioner:
         self.vocab: Vocabulary = vocab
         self._feature = nets.feature
         self._feature_input = first_input(nets.feature)
-        decoder_file = model_dir / model_set(self.options.model, with_prototxt=False).decoder[0].name
-        self._decoder = CaptionDecoder(GreedyGraphDecoder(nets.decoder), decoder_file, vocab.words)
+        self._decoder = CaptionDecoder(GreedyGraphDecoder(nets.decoder), nets.decoder_file, vocab.words)
         self.load_ms = 1e3 * (time.perf_counter() - start)
 
     @property
@@ -119,6 +119,7 @@ def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabu
     nets = _Networks(
         feature=OnnxRuntimeNetwork(paths[required.feature[0].name], options.runtime),
         decoder=OnnxRuntimeNetwork(paths[required.decoder[0].name], options.runtime),
+        decoder_file=paths[required.decoder[0].name],
     )
     return nets, vocab
 
@@ -137,4 +138,5 @@ def _load_ailia(options: CaptionerOptions, model_dir: Path, paths: dict[str, Pat
         onnx_file = next(f for f in files if f.kind == "onnx")
         return AiliaNetwork(paths[onnx_file.name + ".prototxt"], paths[onnx_file.name], options.runtime)
 
-    return _Networks(feature=net(full.feature), decoder=net(full.decoder))
+    decoder_onnx = next(f for f in full.decoder if f.kind == "onnx")
+    return _Networks(feature=net(full.feature), decoder=net(full.decoder), decoder_file=paths[decoder_onnx.name])
