@@ -17,11 +17,11 @@ import cv2
 from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV
 from utils.arg_types import positive_int, positive_number
 from utils.captioner import Captioner, CaptionerOptions
-from utils.decoding_args import add_decoding_arguments, decoding_options, decoding_usage_error
+from utils.decoding.cli import add_decoding_arguments, decoding_options, decoding_usage_error
 from utils.errors import CaptionError
 from utils.images import ImageJob, run_images
 from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments
-from utils.video import DEFAULT_INTERVAL, VideoJob, run_video, video_captioner_options
+from utils.video.run import DEFAULT_INTERVAL, VideoJob, run_video, video_captioner_options
 
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "samples" / "chelsea.png"
 

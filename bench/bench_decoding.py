@@ -8,7 +8,7 @@ folder, and times on the feature vectors of a few 640x480 photos:
 
 - the feature model (ResNet-101, 640x480) on ONNX Runtime: bench/models/model_feat.onnx if present
   (``python3 bench/make_models.py bench/models``), else one built in the temporary folder;
-- the decode stage as the program runs it (utils/caption_decoder.py): the traced graph, then for beam
+- the decode stage as the program runs it (utils/decoding/decoder.py): the traced graph, then for beam
   search the replay check and the search, with the step model on ONNX Runtime (the program's choice)
   and in numpy float32, for greedy (the graph alone), beam 2, 3, 5 and 10;
 - the parts: graph alone, replay check, search alone.
@@ -42,13 +42,13 @@ from tests.builders import (  # noqa: E402
     make_resnet101,
     random_decoder_weights,
 )
-from utils.caption_decoder import CaptionDecoder, replay_mismatch  # noqa: E402
-from utils.decoding import DecodingOptions, GreedyGraphDecoder  # noqa: E402
+from utils.decoding.decoder import CaptionDecoder, replay_mismatch  # noqa: E402
+from utils.decoding.graph import DecodingOptions, GreedyGraphDecoder  # noqa: E402
+from utils.decoding.search import SearchSettings, StepModel, search  # noqa: E402
+from utils.decoding.step_model import OrtStepModel  # noqa: E402
+from utils.decoding.weights import DecoderWeights, recover_weights  # noqa: E402
 from utils.preprocess import preprocess  # noqa: E402
 from utils.runtime import OnnxRuntimeNetwork  # noqa: E402
-from utils.search import SearchSettings, StepModel, search  # noqa: E402
-from utils.step_model import OrtStepModel  # noqa: E402
-from utils.weights import DecoderWeights, recover_weights  # noqa: E402
 
 VOCAB = 9487
 WIDTH = 512

@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
 from utils.preprocess import read_image  # noqa: E402
 from utils.runtime import RuntimeOptions  # noqa: E402
-from utils.video import VideoJob, VideoStats, process_video  # noqa: E402
-from utils.video_source import open_source  # noqa: E402
-from utils.video_writer import VideoFileWriter  # noqa: E402
+from utils.video.run import VideoJob, VideoStats, process_video  # noqa: E402
+from utils.video.source import open_source  # noqa: E402
+from utils.video.writer import VideoFileWriter  # noqa: E402
 
 FPS = 30.0
 SIZE = (640, 480)

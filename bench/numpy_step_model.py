@@ -1,4 +1,4 @@
-"""FACTS §5 one step at a time in numpy float32: the alternative to utils.step_model.OrtStepModel
+"""FACTS §5 one step at a time in numpy float32: the alternative to utils.decoding.step_model.OrtStepModel
 that bench/bench_decoding.py measures (and the reason the program uses ONNX Runtime instead)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from utils.weights import DecoderWeights
+from utils.decoding.weights import DecoderWeights
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]

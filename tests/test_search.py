@@ -1,4 +1,4 @@
-"""Decoding options (utils/caption_decoder.py, utils/search.py) against tests/reference_search.py.
+"""Decoding options (utils/decoding/decoder.py, utils/decoding/search.py) against tests/reference_search.py.
 
 Each test builds a small traced decoder with known weights, decodes random feature vectors with the
 program (weights recovered from the graph, ONNX Runtime step model) and with the plain reference
@@ -16,12 +16,12 @@ import pytest
 
 from tests import reference_search as ref
 from tests.builders import DecoderWeights, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
-from utils.caption_decoder import CaptionDecoder
-from utils.decoding import DecodingOptions, GreedyGraphDecoder
+from utils.decoding.decoder import CaptionDecoder
+from utils.decoding.graph import DecodingOptions, GreedyGraphDecoder
+from utils.decoding.search import SearchSettings, search
+from utils.decoding.step_model import OrtStepModel
+from utils.decoding.weights import recover_weights
 from utils.runtime import OnnxRuntimeNetwork
-from utils.search import SearchSettings, search
-from utils.step_model import OrtStepModel
-from utils.weights import recover_weights
 
 BAD = {"a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon", "near", "to", "is", "are",
        "am"}

@@ -14,17 +14,17 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-import utils.video as video
+import utils.video.run as video
 from tests.builders import DecoderWeights
 from tests.video_helpers import make_video, read_frames, scene
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
-from utils.decoding import DecodingOptions
+from utils.decoding.graph import DecodingOptions
 from utils.drawing import draw_caption
-from utils.live import CaptionEvent
 from utils.runtime import RuntimeOptions
-from utils.video import CaptionSchedule, VideoJob, format_time, graceful_stop, process_video, run_video
-from utils.video_source import Frame, VideoSource, open_source, parse_source
-from utils.video_writer import VideoFileWriter
+from utils.video.live import CaptionEvent
+from utils.video.run import CaptionSchedule, VideoJob, format_time, graceful_stop, process_video, run_video
+from utils.video.source import Frame, VideoSource, open_source, parse_source
+from utils.video.writer import VideoFileWriter
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.decoding import greedy_result, split_decoder_outputs
+from utils.decoding.graph import greedy_result, split_decoder_outputs
 from utils.errors import CaptionError
 from vocab import Vocabulary, load_vocabulary, parse_vocabulary, strip_bad_endings
 

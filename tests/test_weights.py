@@ -1,4 +1,4 @@
-"""Recovering decoder weights from traced graphs (utils/weights.py) and falling back when it fails."""
+"""Recovering decoder weights from traced graphs (utils/decoding/weights.py) and falling back when it fails."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from onnx import helper, numpy_helper
 
 from tests.builders import DecoderWeights, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
 from tests.reference_search import words_before_end
-from utils.caption_decoder import CaptionDecoder
-from utils.decoding import DecodingOptions, GreedyGraphDecoder
+from utils.decoding.decoder import CaptionDecoder
+from utils.decoding.graph import DecodingOptions, GreedyGraphDecoder
+from utils.decoding.weights import RecoveryError, recover_weights
 from utils.runtime import OnnxRuntimeNetwork
-from utils.weights import RecoveryError, recover_weights
 
 PAIRS = [("embed", "embed"), ("fc_w", "fc_embed_w"), ("fc_b", "fc_embed_b"), ("i2h_w", "i2h_w"), ("i2h_b", "i2h_b"),
          ("h2h_w", "h2h_w"), ("h2h_b", "h2h_b"), ("logit_w", "logit_w"), ("logit_b", "logit_b")]

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from models import DEFAULT_DECODER, ModelFile, default_model_dir, model_set
-from utils.caption_decoder import CaptionDecoder
-from utils.decoding import DecodingOptions, GreedyGraphDecoder
+from utils.decoding.decoder import CaptionDecoder
+from utils.decoding.graph import DecodingOptions, GreedyGraphDecoder
 from utils.errors import CaptionError
 from utils.model_files import ensure_model_set
 from utils.preprocess import preprocess

@@ -15,11 +15,11 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from utils.captioner import Captioner, CaptionResult
-from utils.decoding import DecodingOptions
+from utils.decoding.graph import DecodingOptions
 from utils.drawing import draw_caption
 from utils.errors import CaptionError
 from utils.inputs import InputItem, expand_inputs
-from utils.output import plan_outputs, save_image
+from utils.output.paths import plan_outputs, save_image
 from utils.preprocess import as_bgr, read_image
 
 logger = logging.getLogger(__name__)

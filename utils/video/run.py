@@ -9,7 +9,7 @@ Two ways to run, chosen by the source (see README "Video and webcam"):
   same as a one-thread loop's, on any machine.
 * Live sources (cameras, streams, a file with ``live``) never wait for the model: each frame is shown
   at once with the newest finished caption while a background worker captions the most recent frame
-  (utils/live.py). ``sync`` gives the demo's loop instead: caption, then show, frame by frame.
+  (utils/video/live.py). ``sync`` gives the demo's loop instead: caption, then show, frame by frame.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from typing import Any, Literal, TextIO
 import numpy as np
 
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
-from utils.decoding import DecodingOptions
-from utils.display import Window, display_available
+from utils.decoding.graph import DecodingOptions
 from utils.drawing import draw_caption
-from utils.live import CaptionEvent, CaptionFn, LatestFrameWorker, caption_frame
-from utils.video_source import Frame, VideoSource, open_source
-from utils.video_writer import CODECS, VideoFileWriter, plan_video_output
+from utils.video.live import CaptionEvent, CaptionFn, LatestFrameWorker, caption_frame
+from utils.video.source import Frame, VideoSource, open_source
+from utils.video.window import Window, display_available
+from utils.video.writer import CODECS, VideoFileWriter, plan_video_output
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.decoding.search import parse_length_penalty, parse_sample_method
 from utils.errors import CaptionError
 from utils.runtime import Network, first_input
-from utils.search import parse_length_penalty, parse_sample_method
 from vocab import caption_indices
 
 # Beam 5: the setting of upstream's published scores (FACTS §8); it costs a few per cent of the

@@ -17,7 +17,7 @@ import numpy as np
 
 from utils.atomic import commit, create_temp_beside
 from utils.errors import CaptionError
-from utils.output import check_writable_folder
+from utils.output.paths import check_writable_folder
 
 logger = logging.getLogger(__name__)
 

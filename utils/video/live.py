@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.captioner import CaptionResult
-from utils.video_source import Frame
+from utils.video.source import Frame
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds an image

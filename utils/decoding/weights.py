@@ -8,7 +8,7 @@ recurrent state is h2h. Linear layers are Gemm (any transB, alpha, beta) or MatM
 (in, out)) plus an Add of the bias. Folded constants beside the weights are ignored.
 
 Nothing here proves the weights right: the caller replays greedy decoding with them and compares
-with the graph's own words (see utils/caption_decoder.py).
+with the graph's own words (see utils/decoding/decoder.py).
 """
 
 from __future__ import annotations

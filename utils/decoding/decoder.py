@@ -3,9 +3,9 @@
 The traced graph always runs: its greedy words are the answer whenever the options ask for nothing
 else (beam size 1 and no option that changes greedy decoding), and otherwise the reference the
 recovered weights are checked against. For any other decoding, the weights are recovered from the
-graph once (utils/weights.py), a step model is built from them (utils/step_model.py), and for every
+graph once (utils/decoding/weights.py), a step model is built from them (utils/decoding/step_model.py), and for every
 image greedy decoding is replayed step by step: it must give exactly the graph's words (and their
-log-probabilities), or the search's result (utils/search.py) is not used. If recovery or the replay
+log-probabilities), or the search's result (utils/decoding/search.py) is not used. If recovery or the replay
 fails, one warning per run says why and the caption is the graph's greedy output.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.decoding import Candidate, Decoded, DecodingOptions, GreedyGraphDecoder
-from utils.search import (
+from utils.decoding.graph import Candidate, Decoded, DecodingOptions, GreedyGraphDecoder
+from utils.decoding.search import (
     EOS,
     SearchSettings,
     State,
@@ -29,8 +29,8 @@ from utils.search import (
     search,
     vocabulary_indices,
 )
-from utils.step_model import OrtStepModel
-from utils.weights import DecoderWeights, RecoveryError, recover_weights
+from utils.decoding.step_model import OrtStepModel
+from utils.decoding.weights import DecoderWeights, RecoveryError, recover_weights
 from vocab import caption_indices
 
 logger = logging.getLogger(__name__)

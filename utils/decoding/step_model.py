@@ -1,6 +1,6 @@
 """The decoder network one step at a time (FACTS §5), from recovered weights.
 
-``OrtStepModel`` (utils.search.StepModel): a small ONNX graph per step, run by ONNX Runtime. The layers
+``OrtStepModel`` (utils.decoding.search.StepModel): a small ONNX graph per step, run by ONNX Runtime. The layers
 are written the way torch.onnx traces them (Gemm with transB, Split, Sigmoid, Max, LogSoftmax), so the
 arithmetic is that of the published graph. ONNX Runtime pre-packs the constant weights, so a step over
 5 beams costs about what one row costs; numpy's BLAS does not, and is several times slower there
@@ -18,7 +18,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from utils.weights import DecoderWeights
+from utils.decoding.weights import DecoderWeights
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
