@@ -43,7 +43,8 @@ from tests.builders import (  # noqa: E402
     random_decoder_weights,
 )
 from utils.decoding.decoder import CaptionDecoder, replay_mismatch  # noqa: E402
-from utils.decoding.graph import DecodingOptions, GreedyGraphDecoder  # noqa: E402
+from utils.decoding.graph import GreedyGraphDecoder  # noqa: E402
+from utils.decoding.options import DecodingOptions  # noqa: E402
 from utils.decoding.search import SearchSettings, StepModel, search  # noqa: E402
 from utils.decoding.step_model import OrtStepModel  # noqa: E402
 from utils.decoding.weights import DecoderWeights, recover_weights  # noqa: E402

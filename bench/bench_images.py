@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.photos import sample_crops  # noqa: E402
 from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
-from utils.decoding.graph import DecodingOptions  # noqa: E402
+from utils.decoding.options import DecodingOptions  # noqa: E402
 from utils.images import ImageJob, run_images  # noqa: E402
 from utils.preprocess import preprocess, read_image  # noqa: E402
 from utils.runtime import RuntimeOptions  # noqa: E402

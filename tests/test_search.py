@@ -17,7 +17,8 @@ import pytest
 from tests import reference_search as ref
 from tests.builders import DecoderWeights, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
 from utils.decoding.decoder import CaptionDecoder
-from utils.decoding.graph import DecodingOptions, GreedyGraphDecoder
+from utils.decoding.graph import GreedyGraphDecoder
+from utils.decoding.options import DecodingOptions
 from utils.decoding.search import SearchSettings, search
 from utils.decoding.step_model import OrtStepModel
 from utils.decoding.weights import recover_weights

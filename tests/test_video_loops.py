@@ -18,7 +18,7 @@ import utils.video.run as video
 from tests.builders import DecoderWeights
 from tests.video_helpers import make_video, read_frames, scene
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
-from utils.decoding.graph import DecodingOptions
+from utils.decoding.options import DecodingOptions
 from utils.drawing import draw_caption
 from utils.runtime import RuntimeOptions
 from utils.video.live import CaptionEvent

@@ -14,7 +14,8 @@ from onnx import helper, numpy_helper
 from tests.builders import DecoderWeights, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
 from tests.reference_search import words_before_end
 from utils.decoding.decoder import CaptionDecoder
-from utils.decoding.graph import DecodingOptions, GreedyGraphDecoder
+from utils.decoding.graph import GreedyGraphDecoder
+from utils.decoding.options import DecodingOptions
 from utils.decoding.weights import RecoveryError, recover_weights
 from utils.runtime import OnnxRuntimeNetwork
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from models import DEFAULT_DECODER, ModelFile, default_model_dir, model_set
 from utils.decoding.decoder import CaptionDecoder
-from utils.decoding.graph import DecodingOptions, GreedyGraphDecoder
+from utils.decoding.graph import GreedyGraphDecoder
+from utils.decoding.options import DecodingOptions
 from utils.errors import CaptionError
 from utils.model_files import ensure_model_set
 from utils.preprocess import preprocess

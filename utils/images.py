@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from utils.captioner import Captioner, CaptionResult
-from utils.decoding.graph import DecodingOptions
+from utils.decoding.options import DecodingOptions
 from utils.drawing import draw_caption
 from utils.errors import CaptionError
 from utils.inputs import InputItem, expand_inputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from utils.arg_types import number, positive_int, positive_number
-from utils.decoding.graph import DEFAULT_BEAM_SIZE, DecodingOptions
+from utils.decoding.options import DEFAULT_BEAM_SIZE, DecodingOptions
 from utils.decoding.search import parse_length_penalty, parse_sample_method
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.decoding.graph import Candidate, Decoded, DecodingOptions, GreedyGraphDecoder
+from utils.decoding.graph import Candidate, Decoded, GreedyGraphDecoder
+from utils.decoding.options import DecodingOptions
 from utils.decoding.search import (
     EOS,
     SearchSettings,

@@ -34,7 +34,7 @@ from typing import Any, Literal, TextIO
 import numpy as np
 
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
-from utils.decoding.graph import DecodingOptions
+from utils.decoding.options import DecodingOptions
 from utils.drawing import draw_caption
 from utils.video.live import CaptionEvent, CaptionFn, LatestFrameWorker, caption_frame
 from utils.video.source import Frame, VideoSource, open_source
