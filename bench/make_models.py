@@ -3,7 +3,7 @@
     python3 bench/make_models.py OUT_DIR [--vocab-size 9487] [--size 512] [--force]
 
 The real files cannot be downloaded on this project's machines; these stand-ins have the published
-interfaces and sizes (FACTS.md §1-§5), so timings measured on them carry over: a Caffe-style ResNet-101
+interfaces and sizes (docs/models.md §1-§5), so timings measured on them carry over: a Caffe-style ResNet-101
 (~170 MB), three 20-step greedy decoders 512 wide over 9487 words, vocab.json, placeholder prototxts.
 Files that already exist are kept unless --force is given (the ResNet alone takes a few seconds).
 """

@@ -1,4 +1,4 @@
-"""FACTS §5 one step at a time in numpy float32: the alternative to utils.decoding.step_model.OrtStepModel
+"""docs/models.md §5 one step at a time in numpy float32: the alternative to utils.decoding.step_model.OrtStepModel
 that bench/bench_decoding.py measures (and the reason the program uses ONNX Runtime instead)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _log_softmax(z: F32) -> F32:
 
 
 class NumpyStepModel:
-    """FACTS §5 in numpy float32."""
+    """docs/models.md §5 in numpy float32."""
 
     def __init__(self, w: DecoderWeights) -> None:
         self.n_tokens = w.n_tokens

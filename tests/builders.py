@@ -1,8 +1,8 @@
 """Builders for stand-in model files with the published interfaces, and a numpy reference decoder.
 
 The real model files can never be downloaded on this project's machines, so tests build ONNX
-files with exactly the published interfaces (FACTS.md §2, §4) and the published decoder maths
-(FACTS.md §5), filled with random weights. ``reference_greedy`` is written independently of the
+files with exactly the published interfaces (docs/models.md §2, §4) and the published decoder maths
+(docs/models.md §5), filled with random weights. ``reference_greedy`` is written independently of the
 graph builder so that each checks the other.
 
 Only ``onnx.helper`` is used (no torch): the graphs are written by hand the way ``torch.onnx``
@@ -31,7 +31,7 @@ OPSET = 11
 IR_VERSION = 7
 
 DECODER_NAMES = ("fc", "fc_rl", "fc_nsc")
-# The published vocabulary's "bad endings" (FACTS §6) mixed with ordinary caption words, interleaved so
+# The published vocabulary's "bad endings" (docs/models.md §6) mixed with ordinary caption words, interleaved so
 # that even a small vocabulary holds several of each.
 # fmt: off
 _BASE_WORDS = (
@@ -184,7 +184,7 @@ def _sigmoid(x: F64) -> F64:
 
 
 def lstm_step(w: DecoderWeights, x: F64, h: F64, c: F64) -> tuple[F64, F64]:
-    """One NewFCModel core step (FACTS §5) on row vectors x (1,E), h (1,R), c (1,R); returns (h', c')."""
+    """One NewFCModel core step (docs/models.md §5) on row vectors x (1,E), h (1,R), c (1,R); returns (h', c')."""
     r = w.rnn_size
     s = (
         x @ w.i2h_w.astype(np.float64).T
@@ -210,7 +210,7 @@ def _log_softmax(z: F64) -> F64:
 
 
 def reference_greedy(w: DecoderWeights, fc: np.ndarray, steps: int = 20) -> tuple[I64, F32]:
-    """Greedy decoding per FACTS §5 in float64; returns seq int64 (1,steps), logprobs float32 (1,steps,V+1).
+    """Greedy decoding per docs/models.md §5 in float64; returns seq int64 (1,steps), logprobs float32 (1,steps,V+1).
 
     After a row emits 0 its later words are 0 and 0 is what gets fed back, but log-probabilities are
     still computed (and returned) for every step, as the traced graph does.
@@ -295,7 +295,7 @@ def _save_model(
 
 
 # ---------------------------------------------------------------------------------------------
-# The greedy decoder graph (FACTS §4)
+# The greedy decoder graph (docs/models.md §4)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -408,7 +408,7 @@ def make_greedy_decoder(
 
 
 # ---------------------------------------------------------------------------------------------
-# Feature models (FACTS §2)
+# Feature models (docs/models.md §2)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -440,7 +440,7 @@ def make_feature_model(path: Path, out_dim: int = 2048, seed: int = 0, second_ou
     Five 3x3 stride-2 convs (padding 1, so even a 1x1 image gives a 1x1 map) bring any image down 32x,
     like ResNet-101, so a 3000x4000 image stays cheap; a final 1x1 conv + Relu makes the out_dim
     channels. He-initialised weights keep fc entries O(1) (non-negative, like ResNet features) for
-    inputs normalised as in FACTS §3.
+    inputs normalised as in docs/models.md §3.
     """
     rng = np.random.default_rng(seed)
     g = _Graph()
@@ -473,7 +473,7 @@ def make_resnet_stem_model(path: Path, out_dim: int = 2048, seed: int = 0) -> No
 
 
 def make_resnet101(path: Path, seed: int = 0) -> None:
-    """A full-size, random-weight Caffe-style ResNet-101 (FACTS §2) for benchmarks (~170 MB file).
+    """A full-size, random-weight Caffe-style ResNet-101 (docs/models.md §2) for benchmarks (~170 MB file).
 
     BatchNorm is folded into conv biases. Each residual branch's last conv is scaled by 0.2 (on top of
     He init) so the residual stream grows slowly and activations stay finite and O(1) through all layers.
@@ -507,7 +507,7 @@ def make_resnet101(path: Path, seed: int = 0) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Vocabulary and full model sets (FACTS §1, §7)
+# Vocabulary and full model sets (docs/models.md §1, §7)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Independent reference of the whole pipeline, written from FACTS and the demo's behaviour.
+"""Independent reference of the whole pipeline, written from docs/models.md and the demo's behaviour.
 
 Shares nothing with the program's code: the CLI's captions are checked against this.
 """

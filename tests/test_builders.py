@@ -71,7 +71,7 @@ def _lengths(seqs: list[np.ndarray]) -> np.ndarray:
 
 
 def test_lstm_step_by_hand() -> None:
-    """With zero weights only the biases act, so the FACTS §5 formulas can be evaluated by hand."""
+    """With zero weights only the biases act, so the docs/models.md §5 formulas can be evaluated by hand."""
     r, e = 2, 3
     w = random_decoder_weights(4, embed=e, rnn=r, feat_dim=5)
     w.i2h_w[:] = 0

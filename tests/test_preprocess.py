@@ -1,4 +1,4 @@
-"""Preprocessing must equal the demo's arithmetic bit for bit (FACTS §3), for every image kind."""
+"""Preprocessing must equal the demo's arithmetic bit for bit (docs/models.md §3), for every image kind."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Turning index rows into captions as upstream does (FACTS §7), and vocabulary validation."""
+"""Turning index rows into captions as upstream does (docs/models.md §7), and vocabulary validation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Image reading and the exact preprocessing the feature model was used with (FACTS §3)."""
+"""Image reading and the exact preprocessing the feature model was used with (docs/models.md §3)."""
 
 from __future__ import annotations
 

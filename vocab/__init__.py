@@ -1,4 +1,4 @@
-"""The vocabulary: index -> word, and turning a decoder's index row into a caption (FACTS §7)."""
+"""The vocabulary: index -> word, and turning a decoder's index row into a caption (docs/models.md §7)."""
 
 from __future__ import annotations
 

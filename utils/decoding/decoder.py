@@ -1,4 +1,4 @@
-"""Upstream's decoding options on the published greedy graphs (FACTS §4, §6).
+"""Upstream's decoding options on the published greedy graphs (docs/models.md §4, §6).
 
 The traced graph always runs: its greedy words are the answer whenever the options ask for nothing
 else (beam size 1 and no option that changes greedy decoding), and otherwise the reference the

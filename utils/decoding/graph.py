@@ -1,4 +1,4 @@
-"""Decoding the published decoders: traced greedy graphs (FACTS §4)."""
+"""Decoding the published decoders: traced greedy graphs (docs/models.md §4)."""
 
 from __future__ import annotations
 

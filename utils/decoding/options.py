@@ -8,14 +8,14 @@ import numpy as np
 
 from utils.decoding.search import parse_length_penalty, parse_sample_method
 
-# Beam 5: the setting of upstream's published scores (FACTS §8); it costs a few per cent of the
+# Beam 5: the setting of upstream's published scores (docs/models.md §8); it costs a few per cent of the
 # feature model's time (README, "Decoding options").
 DEFAULT_BEAM_SIZE = 5
 
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """Upstream's evaluation options (FACTS §6); see README, "Decoding options". Invalid values raise ValueError."""
+    """Upstream's evaluation options (docs/models.md §6); see README, "Decoding options". Invalid values raise ValueError."""
 
     remove_bad_endings: bool = False  # no EOS right after a bad-ending word; strip trailing ones from the caption
     beam_size: int = DEFAULT_BEAM_SIZE  # 1: greedy (with the other defaults, exactly the graph's own output)

@@ -1,4 +1,4 @@
-"""Decoding algorithms of the upstream evaluation (FACTS §6) over any step model.
+"""Decoding algorithms of the upstream evaluation (docs/models.md §6) over any step model.
 
 Three paths, chosen the way upstream's ``_sample`` chooses them:
 
@@ -29,7 +29,7 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 State = tuple[np.ndarray, np.ndarray]  # (h, c), one row per beam
 
-EOS = 0  # index 0 is BOS, EOS and padding at once (FACTS §4)
+EOS = 0  # index 0 is BOS, EOS and padding at once (docs/models.md §4)
 UNK_WORD = "UNK"
 UNK_PENALTY = np.float32(1000.0)  # subtracted from UNK's log-probability in beam search
 FINISHED_PENALTY = np.float32(1000.0)  # subtracted from a finished beam's running score
@@ -45,7 +45,7 @@ DECODING_BAD_ENDINGS = frozenset(
 
 
 class StepModel(Protocol):
-    """The decoder network one step at a time (FACTS §5)."""
+    """The decoder network one step at a time (docs/models.md §5)."""
 
     n_tokens: int  # V + 1
 

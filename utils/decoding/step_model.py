@@ -1,4 +1,4 @@
-"""The decoder network one step at a time (FACTS §5), from recovered weights.
+"""The decoder network one step at a time (docs/models.md §5), from recovered weights.
 
 ``OrtStepModel`` (utils.decoding.search.StepModel): a small ONNX graph per step, run by ONNX Runtime. The layers
 are written the way torch.onnx traces them (Gemm with transB, Split, Sigmoid, Max, LogSoftmax), so the
@@ -85,7 +85,7 @@ def image_graph(w: DecoderWeights) -> onnx.ModelProto:
 
 
 class OrtStepModel:
-    """FACTS §5 as two small ONNX Runtime sessions: the image embedding, and one LSTM + logit step."""
+    """docs/models.md §5 as two small ONNX Runtime sessions: the image embedding, and one LSTM + logit step."""
 
     def __init__(self, w: DecoderWeights) -> None:
         import onnxruntime as ort

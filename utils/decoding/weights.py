@@ -1,4 +1,4 @@
-"""Recover a traced greedy decoder's weights from its ONNX graph (FACTS §4, §5).
+"""Recover a traced greedy decoder's weights from its ONNX graph (docs/models.md §4, §5).
 
 First by name: the nine PyTorch parameter names under one common prefix (whatever the exporting
 wrapper called itself). Failing that, by structure: the table a Gather looks words up in is the
@@ -25,7 +25,7 @@ from onnx import numpy_helper
 
 F32 = npt.NDArray[np.float32]
 
-# PyTorch parameter names of NewFCModel (FACTS §4), keyed by the role they play here.
+# PyTorch parameter names of NewFCModel (docs/models.md §4), keyed by the role they play here.
 PARAMETER_NAMES = {
     "embed": "embed.weight",
     "fc_w": "fc_embed.weight",
