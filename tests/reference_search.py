@@ -1,4 +1,5 @@
-"""A plain, slow reference of upstream's decoding options (docs/models.md §5, §6), for checking utils/decoding/search.py.
+"""A plain, slow reference of upstream's decoding options (docs/models.md §5, §6), for checking
+utils/decoding/search.py.
 
 Written from upstream's behaviour, not from this program's code: one beam at a time in Python lists,
 float64 arithmetic, the network from tests.builders.lstm_step. Shares nothing with utils/.

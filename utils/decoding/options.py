@@ -15,7 +15,9 @@ DEFAULT_BEAM_SIZE = 5
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """Upstream's evaluation options (docs/models.md §6); see README, "Decoding options". Invalid values raise ValueError."""
+    """Upstream's evaluation options (docs/models.md §6); see README, "Decoding options".
+
+    Invalid values raise ValueError."""
 
     remove_bad_endings: bool = False  # no EOS right after a bad-ending word; strip trailing ones from the caption
     beam_size: int = DEFAULT_BEAM_SIZE  # 1: greedy (with the other defaults, exactly the graph's own output)
