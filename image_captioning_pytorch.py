@@ -16,12 +16,14 @@ import cv2
 
 from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV
 from utils.arg_types import positive_int, positive_number
-from utils.captioner import Captioner, CaptionerOptions
+from utils.captioner import CaptionerOptions
 from utils.decoding.cli import add_decoding_arguments, decoding_options, decoding_usage_error
 from utils.errors import CaptionError
 from utils.images import ImageJob, run_images
+from utils.output.writers import FORMATS
 from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments
-from utils.video.run import DEFAULT_INTERVAL, VideoJob, run_video, video_captioner_options
+from utils.video.job import DEFAULT_INTERVAL, VideoJob
+from utils.video.run import run_video
 
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "samples" / "chelsea.png"
 
@@ -45,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "video (.mp4/.m4v/.mov: mp4v, .avi/.mkv: MJPG)")
     p.add_argument("--model", choices=DECODERS, default=DEFAULT_DECODER,
                    help=f"captioning decoder (default {DEFAULT_DECODER})")
-    p.add_argument("--json", action="store_true", help="print one JSON object per input (JSON Lines)")
+    p.add_argument("--format", choices=FORMATS, default="text",
+                   help="what to print: text (default) or json (one JSON object per image or caption, "
+                        "JSON Lines)")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="inference runtime; auto uses the ailia SDK when it works, else ONNX Runtime")
     p.add_argument("--onnx", dest="backend", action="store_const", const="onnxruntime",
@@ -98,6 +103,14 @@ def video_usage_errors(args: argparse.Namespace) -> str | None:
     return f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to video (-v)" if used else None
 
 
+def format_usage_error(args: argparse.Namespace) -> str | None:
+    mode = "video" if args.video is not None else "images"
+    modes = FORMATS[args.format].modes
+    if mode in modes:
+        return None
+    return f"--format {args.format} is for {' and '.join(sorted(modes))}, not {mode}"
+
+
 def configure_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
@@ -115,7 +128,7 @@ def video_job(args: argparse.Namespace) -> VideoJob:
     return VideoJob(
         source=args.video,
         savepath=args.savepath,
-        json=args.json,
+        format=args.format,
         interval=args.interval,
         sync=args.sync,
         live=args.live,
@@ -129,7 +142,7 @@ def video_job(args: argparse.Namespace) -> VideoJob:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (problem := video_usage_errors(args) or decoding_usage_error(args)) is not None:
+    if (problem := video_usage_errors(args) or format_usage_error(args) or decoding_usage_error(args)):
         parser.error(problem)
     configure_logging(args.debug)
     try:
@@ -143,15 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             offline=args.offline,
         )
         if args.video is not None:
-            return run_video(video_job(args), lambda: Captioner(video_captioner_options(options)))
+            return run_video(video_job(args), options)
         job = ImageJob(
             inputs=args.input or [str(SAMPLE_IMAGE)],
             savepath=args.savepath,
-            json=args.json,
+            format=args.format,
             benchmark_count=args.benchmark_count if args.benchmark else 0,
             decoding=decoding_options(args),
         )
-        return run_images(job, lambda: Captioner(options))
+        return run_images(job, options)
     except CaptionError as exc:
         logger.error("%s", exc)
         return 1

@@ -71,9 +71,9 @@ def program(captioner: Captioner, folder: Path, out_dir: Path, decoding: Decodin
     """Seconds for the program's image mode (JSON output, annotated images saved), and the
     seconds of it spent in the model runs (features, and decoding including any search)."""
     sink = io.StringIO()
-    job = ImageJob(inputs=[str(folder)], savepath=out_dir, json=True, decoding=decoding)
+    job = ImageJob(inputs=[str(folder)], savepath=out_dir, format="json", decoding=decoding)
     start = time.perf_counter()
-    status = run_images(job, lambda: captioner, out=sink)
+    status = run_images(job, captioner.options, out=sink, load=lambda _: captioner)
     wall = time.perf_counter() - start
     assert status == 0, sink.getvalue()
     records = [json.loads(line) for line in sink.getvalue().splitlines()]

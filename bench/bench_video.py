@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
 from utils.preprocess import read_image  # noqa: E402
 from utils.runtime import RuntimeOptions  # noqa: E402
-from utils.video.run import VideoJob, VideoStats, process_video  # noqa: E402
+from utils.video.job import VideoJob, VideoStats  # noqa: E402
+from utils.video.loops import process_video  # noqa: E402
 from utils.video.source import open_source  # noqa: E402
 from utils.video.writer import VideoFileWriter  # noqa: E402
 
@@ -71,9 +72,9 @@ def percentile(values: list[float], q: float) -> float:
 def run(captioner: Captioner, video: Path, sync: bool, save: Path | None) -> tuple[VideoStats, int]:
     source = open_source(str(video), realtime=True)
     writer = VideoFileWriter(save, source.fps, source.width, source.height) if save else None
-    job = VideoJob(source=str(video), json=True, live=True, sync=sync, display=False)
+    job = VideoJob(source=str(video), format="json", live=True, sync=sync, display=False)
     try:
-        stats = process_video(job, captioner, source, writer=writer, out=io.StringIO())
+        stats = process_video(job, captioner, source, video_out=writer, out=io.StringIO())
     finally:
         source.release()
         if writer is not None:

@@ -14,16 +14,22 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-import utils.video.run as video
+import utils.video.run as video_run
 from tests.builders import DecoderWeights
 from tests.video_helpers import make_video, read_frames, scene
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
 from utils.decoding.options import DecodingOptions
 from utils.drawing import draw_caption
+from utils.output.writers import format_time
 from utils.runtime import RuntimeOptions
+from utils.video.job import VideoJob
 from utils.video.live import CaptionEvent
-from utils.video.run import CaptionSchedule, VideoJob, format_time, graceful_stop, process_video, run_video
+from utils.video.loops import process_video
+from utils.video.presenter import Observer
+from utils.video.run import run_video
+from utils.video.schedule import CaptionSchedule
 from utils.video.source import Frame, VideoSource, open_source, parse_source
+from utils.video.stopping import graceful_stop
 from utils.video.writer import VideoFileWriter
 
 
@@ -52,7 +58,7 @@ class SlowCaptioner:
 Shown = list[tuple[Frame, CaptionEvent | None, np.ndarray]]
 
 
-def observe(shown: Shown) -> video.Observer:
+def observe(shown: Shown) -> Observer:
     return lambda frame, event, image: shown.append((frame, event, image))
 
 
@@ -182,11 +188,12 @@ class FakeCamera:
 def test_camera_disconnect_ends_cleanly_with_the_video_saved(
     captioner: Captioner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(video, "open_source", lambda spec, realtime: cast(VideoSource, FakeCamera(20)))
+    monkeypatch.setattr(video_run, "open_source", lambda spec, realtime: cast(VideoSource, FakeCamera(20)))
     out = tmp_path / "cam.mp4"
     sink = io.StringIO()
     with caplog.at_level(logging.WARNING):
-        status = run_video(VideoJob(source="5", savepath=out, display=False), lambda: captioner, out=sink)
+        status = run_video(VideoJob(source="5", savepath=out, display=False), CaptionerOptions(),
+                           load=lambda _: captioner, out=sink)
     assert status == 1
     assert [r.getMessage() for r in caplog.records] == [
         f"camera 5 stopped sending frames at 00:00:00.633 (frame 19); saved 20 frames to {out}"

@@ -1,0 +1,134 @@
+"""The two video loops, chosen by the source (README, "Video and webcam").
+
+* Files are exact: frame k is captioned when its video time reaches the next multiple of
+  ``interval`` (every frame with ``sync``) and that caption is drawn on every frame until the next
+  caption frame. The model runs in a worker thread while the main thread reads, draws and writes the
+  frames around it, but frames leave in order and each waits for its caption, so the output is the
+  same as a one-thread loop's, on any machine.
+* Live sources (cameras, streams, a file with ``live``) never wait for the model: each frame is shown
+  at once with the newest finished caption while a background worker captions the most recent frame
+  (utils/video/live.py). ``sync`` gives the demo's loop instead: caption, then show, frame by frame.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TextIO
+
+import numpy as np
+
+from utils.captioner import Captioner, CaptionResult
+from utils.output.records import RunSummary
+from utils.output.writers import make_writer
+from utils.video.job import DEFAULT_INTERVAL, End, VideoJob, VideoStats
+from utils.video.live import CaptionEvent, CaptionFn, LatestFrameWorker, caption_frame
+from utils.video.presenter import Observer, Presenter
+from utils.video.schedule import CaptionSchedule
+from utils.video.source import Frame, VideoSource
+from utils.video.window import Window
+from utils.video.writer import VideoFileWriter
+
+FRAME_BUFFER_BYTES = 256 * 2**20  # frames a file may be read ahead of the one being captioned
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _wait_for(future: Future[CaptionEvent], stop: threading.Event) -> CaptionEvent:
+    while True:
+        try:
+            return future.result(timeout=0.1)
+        except FutureTimeout:
+            if stop.is_set():
+                raise _Stopped from None
+
+
+def _run_file(job: VideoJob, caption: CaptionFn, source: VideoSource, presenter: Presenter,
+              stop: threading.Event) -> End:
+    schedule = CaptionSchedule(job.interval or DEFAULT_INTERVAL, job.sync)
+    frame_bytes = max(1, source.width * source.height * 3)
+    limit = max(8, min(1024, FRAME_BUFFER_BYTES // frame_bytes))
+    pending: deque[tuple[Frame, Future[CaptionEvent]]] = deque()
+    current: Future[CaptionEvent] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner") as executor:
+        try:
+            while not stop.is_set():
+                frame = source.read()
+                if frame is None:
+                    break
+                if schedule.due(frame.time) or current is None:
+                    current = executor.submit(caption_frame, caption, frame)
+                pending.append((frame, current))
+                # Frames leave in order, each once its caption is ready; reading runs ahead meanwhile.
+                while pending and (pending[0][1].done() or len(pending) >= limit):
+                    frame, future = pending.popleft()
+                    if not presenter.present(frame, _wait_for(future, stop)):
+                        return "quit"
+            while pending and not stop.is_set():
+                frame, future = pending.popleft()
+                if not presenter.present(frame, _wait_for(future, stop)):
+                    return "quit"
+        except _Stopped:
+            pass
+        finally:
+            for _, future in pending:
+                future.cancel()
+    return "interrupted" if stop.is_set() else "end"
+
+
+def _run_live(job: VideoJob, caption: CaptionFn, source: VideoSource, presenter: Presenter,
+              stop: threading.Event) -> End:
+    worker = None if job.sync else LatestFrameWorker(caption, job.interval or 0.0).start()
+    current: CaptionEvent | None = None
+    try:
+        while not stop.is_set():
+            frame = source.read(wait=stop.wait)
+            if frame is None:
+                break
+            if worker is None:
+                current = caption_frame(caption, frame)  # the demo's loop: the video waits for the model
+            else:
+                worker.post(frame)
+                current = worker.latest()
+            if not presenter.present(frame, current):
+                return "quit"
+    finally:
+        if worker is not None:
+            worker.stop()
+    if stop.is_set():
+        return "interrupted"
+    return "end" if source.realtime else "disconnected"
+
+
+def process_video(job: VideoJob, captioner: Captioner, source: VideoSource,
+                  video_out: VideoFileWriter | None = None, window: Window | None = None,
+                  out: TextIO = sys.stdout, stop: threading.Event | None = None,
+                  observer: Observer | None = None) -> VideoStats:
+    """Run the loop for ``source`` until it ends, the user quits or ``stop`` is set; captions go to
+    ``out`` in ``job.format``."""
+    stop = stop or threading.Event()
+    results = make_writer(job.format, out)
+    results.begin()
+    presenter = Presenter(job, captioner, source, video_out, window, results, stop, observer)
+
+    def caption(image: np.ndarray) -> CaptionResult:
+        return captioner.caption(image, job.decoding)
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    run = _run_live if source.live else _run_file
+    presenter.stats.end = run(job, caption, source, presenter, stop)
+    presenter.stats.dropped = source.dropped
+    presenter.stats.wall_s = time.perf_counter() - wall
+    presenter.stats.cpu_s = time.process_time() - cpu
+    last = presenter.stats.last_frame
+    results.end(RunSummary(model=captioner.model, backend=captioner.backend,
+                           end_time=None if last is None else last.time + source.frame_period))
+    return presenter.stats
+
+
