@@ -34,6 +34,15 @@ def check_writable_folder(folder: Path) -> None:
         raise CaptionError(f"cannot save into {folder}: permission denied; choose another --savepath")
 
 
+def never_an_input(outputs: list[Path], inputs: list[Path]) -> None:
+    """The one rule for every output this program writes: it never replaces one of its inputs
+    (compared after resolving links and relative paths)."""
+    resolved_inputs = {p.resolve(): p for p in inputs}
+    for out in outputs:
+        if (source := resolved_inputs.get(out.resolve())) is not None:
+            raise CaptionError(f"--savepath would overwrite the input {source}; choose another path")
+
+
 def _check_image_suffix(path: Path) -> None:
     if not path.suffix or not cv2.haveImageWriter(str(path)):
         raise CaptionError(
@@ -57,15 +66,11 @@ def plan_outputs(inputs: list[Path], savepath: Path, many: bool) -> list[Path]:
     else:
         outputs = [savepath]
     check_writable_folder(outputs[0].parent)
-    resolved_inputs = {p.resolve(): p for p in inputs}
+    never_an_input(outputs, inputs)
     seen: dict[Path, Path] = {}
     for src, out in zip(inputs, outputs, strict=True):
         _check_image_suffix(out)
         target = out.resolve()
-        if target in resolved_inputs:
-            raise CaptionError(
-                f"--savepath would overwrite the input {resolved_inputs[target]}; choose another path"
-            )
         if target in seen:
             raise CaptionError(f"inputs {seen[target]} and {src} would both be saved as {out}; save them separately")
         seen[target] = src

@@ -17,7 +17,7 @@ import numpy as np
 
 from utils.atomic import commit, create_temp_beside
 from utils.errors import CaptionError
-from utils.output.paths import check_writable_folder
+from utils.output.paths import check_writable_folder, never_an_input
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ def plan_video_output(savepath: Path, default_name: str, source: Path | None) ->
             f"use one of {known}"
         )
     check_writable_folder(dest.parent)
-    if source is not None and dest.resolve() == source.resolve():
-        raise CaptionError(f"--savepath would overwrite the input {source}; choose another path")
+    never_an_input([dest], [source] if source is not None else [])
     return dest
 
 
