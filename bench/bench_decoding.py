@@ -43,9 +43,10 @@ from tests.builders import (  # noqa: E402
     random_decoder_weights,
 )
 from utils.decoding.decoder import CaptionDecoder, replay_mismatch  # noqa: E402
+from utils.decoding.filters import vocabulary_indices  # noqa: E402
 from utils.decoding.graph import GreedyGraphDecoder  # noqa: E402
 from utils.decoding.options import DecodingOptions  # noqa: E402
-from utils.decoding.search import SearchSettings, StepModel, search  # noqa: E402
+from utils.decoding.search import SearchContext, StepModel, search  # noqa: E402
 from utils.decoding.step_model import OrtStepModel  # noqa: E402
 from utils.decoding.weights import DecoderWeights, recover_weights  # noqa: E402
 from utils.preprocess import preprocess  # noqa: E402
@@ -71,8 +72,8 @@ def _check(model: StepModel, graph: GreedyGraphDecoder, fc: np.ndarray) -> objec
     return replay_mismatch(model, model.start(fc), *graph.run(fc))
 
 
-def _search(model: StepModel, settings: SearchSettings, fc: np.ndarray) -> object:
-    return search(model, fc, settings, np.random.default_rng(0))
+def _search(model: StepModel, options: DecodingOptions, context: SearchContext, fc: np.ndarray) -> object:
+    return search(model, fc, options, context, np.random.default_rng(0))
 
 
 def median_ms(fn: Callable[[], object], repeat: int) -> float:
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
         graph = GreedyGraphDecoder(OnnxRuntimeNetwork(decoder_path))
         words = default_words(VOCAB)
-        recovered: DecoderWeights = recover_weights(decoder_path)
+        decoder_bytes = decoder_path.read_bytes()
+        recovered: DecoderWeights = recover_weights(decoder_bytes)
         models: dict[str, StepModel] = {"onnxruntime": OrtStepModel(recovered), "numpy": NumpyStepModel(recovered)}
         lengths = [len(graph(fc).indices) for fc in fcs]
 
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         # the ratios hold even when the machine's load changes during the run.
         stages: dict[tuple[str, str], Callable[[np.ndarray], object]] = {("greedy (beam 1: the graph)", "-"): graph.run}
         for step_name, model in models.items():
-            decoder = CaptionDecoder(graph, decoder_path, words, step_model=functools.partial(_same, model))
+            decoder = CaptionDecoder(graph, decoder_bytes, words, name=decoder_path.name,
+                                     step_model=functools.partial(_same, model))
             for beam in BEAMS:
                 options = DecodingOptions(beam_size=beam)
                 for fc in fcs:  # every input must pass the replay check, or the figures mean nothing
@@ -152,12 +155,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\nparts of the beam-5 decode stage (each repeated on one photo: weights in cache):")
         graph_ms = over_inputs(graph.run, fcs, args.repeat)
+        beam_5, context = DecodingOptions(beam_size=5), SearchContext(20, *vocabulary_indices(words))
         for step_name, model in models.items():
-            decoder = CaptionDecoder(graph, decoder_path, words, step_model=functools.partial(_same, model))
-            settings = decoder.settings(DecodingOptions(beam_size=5), 20)
             start_ms = over_inputs(model.start, fcs, args.repeat)
             check_ms = over_inputs(functools.partial(_check, model, graph), fcs, args.repeat) - graph_ms
-            search_ms = over_inputs(functools.partial(_search, model, settings), fcs, args.repeat)
+            search_ms = over_inputs(functools.partial(_search, model, beam_5, context), fcs, args.repeat)
             print(f"  {step_name:<12} graph {graph_ms:5.1f} ms, image+BOS step {start_ms:5.1f} ms, "
                   f"replay check (incl. image+BOS) {check_ms:5.1f} ms, search {search_ms:5.1f} ms")
         beam5 = rows[("beam 5", "onnxruntime")]

@@ -24,12 +24,7 @@ from tests.https_server import Server, https_server
 from utils import download as download_module
 from utils.download import download
 from utils.errors import CaptionError
-from utils.model_files import (
-    check_file,
-    decoder_vocab_size,
-    ensure_file,
-    ensure_model_set,
-)
+from utils.model_files import check_file, decoder_vocab_size, load_file, load_model_set
 
 REPO = Path(__file__).resolve().parent.parent
 V = 10  # words in the test vocabulary; the test decoder scores V+1 indices
@@ -113,7 +108,7 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_first_download_fetches_all_and_records_checksums(server: Server, served: Path, model_dir: Path) -> None:
     ms = fc_set(with_prototxt=True)
-    paths = ensure_model_set(ms, model_dir, offline=False, progress=False)
+    paths = {name: f.path for name, f in load_model_set(ms, model_dir, offline=False, progress=False).items()}
 
     names = [f.name for f in ms.all]
     assert sorted(paths) == sorted(names)
@@ -127,19 +122,19 @@ def test_first_download_fetches_all_and_records_checksums(server: Server, served
 
 
 def test_second_run_makes_no_request(server: Server, model_dir: Path) -> None:
-    ensure_model_set(fc_set(), model_dir, offline=False, progress=False)
+    load_model_set(fc_set(), model_dir, offline=False, progress=False)
     fetched = len(server.requests)
-    ensure_model_set(fc_set(), model_dir, offline=False, progress=False)
-    ensure_model_set(fc_set(), model_dir, offline=True, progress=False)
+    load_model_set(fc_set(), model_dir, offline=False, progress=False)
+    load_model_set(fc_set(), model_dir, offline=True, progress=False)
     assert len(server.requests) == fetched == 3
 
 
 def test_only_requested_files_are_fetched(server: Server, model_dir: Path) -> None:
     ms = fc_set(with_prototxt=False)
-    ensure_model_set(ms, model_dir, offline=False, progress=False)
+    load_model_set(ms, model_dir, offline=False, progress=False)
     assert sorted(server.requests) == ["/model_fc.onnx", "/model_feat.onnx", "/vocab.json"]
 
-    ensure_model_set(ms, model_dir, offline=False, progress=False, files=[ms.vocab])
+    load_model_set(ms, model_dir, offline=False, progress=False, files=[ms.vocab])
     assert len(server.requests) == 3
 
 
@@ -157,11 +152,11 @@ def _truncate(path: Path) -> None:
 def test_corrupt_cached_file_is_fetched_again(
     damage, server: Server, served: Path, model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ensure_model_set(fc_set(), model_dir, offline=False, progress=False)
+    load_model_set(fc_set(), model_dir, offline=False, progress=False)
     damage(model_dir / "model_fc.onnx")
 
     with caplog.at_level(logging.WARNING):
-        ensure_model_set(fc_set(), model_dir, offline=False, progress=False)
+        load_model_set(fc_set(), model_dir, offline=False, progress=False)
 
     assert server.requests.count("/model_fc.onnx") == 2
     assert (model_dir / "model_fc.onnx").read_bytes() == (served / "model_fc.onnx").read_bytes()
@@ -171,12 +166,12 @@ def test_corrupt_cached_file_is_fetched_again(
 
 
 def test_corrupt_cached_file_is_reported_offline(server: Server, model_dir: Path) -> None:
-    ensure_model_set(fc_set(), model_dir, offline=False, progress=False)
+    load_model_set(fc_set(), model_dir, offline=False, progress=False)
     path = model_dir.absolute() / "model_feat.onnx"
     _flip(path)
 
     with pytest.raises(CaptionError) as error:
-        ensure_model_set(fc_set(), model_dir, offline=True, progress=False)
+        load_model_set(fc_set(), model_dir, offline=True, progress=False)
     assert str(error.value) == (
         f"{path} is corrupt (checksum differs from the one recorded when it was downloaded); "
         "delete it or run without --offline to fetch it again"
@@ -189,7 +184,7 @@ def test_hand_placed_files_are_checked_then_recorded(served: Path, model_dir: Pa
     for name in ["model_feat.onnx", "model_fc.onnx", "vocab.json"]:
         (model_dir / name).write_bytes((served / name).read_bytes())
 
-    ensure_model_set(fc_set(), model_dir, offline=True, progress=False)
+    load_model_set(fc_set(), model_dir, offline=True, progress=False)
 
     for name in ["model_feat.onnx", "model_fc.onnx", "vocab.json"]:
         assert (model_dir / f"{name}.sha256").read_text().split()[0] == sha256((served / name).read_bytes())
@@ -201,9 +196,9 @@ def test_bad_hand_placed_file_is_corrupt(server: Server, served: Path, model_dir
     ms = fc_set()
 
     with pytest.raises(CaptionError, match=r"vocab\.json is corrupt \(vocabulary keys"):
-        ensure_file(ms.vocab, model_dir, offline=True)
+        load_file(ms.vocab, model_dir, offline=True)
 
-    ensure_file(ms.vocab, model_dir, offline=False, progress=False)
+    load_file(ms.vocab, model_dir, offline=False, progress=False)
     assert (model_dir / "vocab.json").read_bytes() == (served / "vocab.json").read_bytes()
     assert server.requests == ["/vocab.json"]
 
@@ -213,7 +208,7 @@ def test_cut_off_transfer_leaves_nothing(server: Server, model_dir: Path) -> Non
     f = fc_set().decoder[0]
 
     with pytest.raises(CaptionError) as error:
-        ensure_file(f, model_dir, offline=False, progress=False)
+        load_file(f, model_dir, offline=False, progress=False)
 
     message = str(error.value)
     assert message.startswith(f"could not download model_fc.onnx from {server.url}/model_fc.onnx: ")
@@ -225,7 +220,7 @@ def test_cut_off_transfer_leaves_nothing(server: Server, model_dir: Path) -> Non
 
 def test_missing_content_length_is_accepted(server: Server, served: Path, model_dir: Path) -> None:
     server.no_length.add("model_fc.onnx")
-    path = ensure_file(fc_set().decoder[0], model_dir, offline=False, progress=False)
+    path = load_file(fc_set().decoder[0], model_dir, offline=False, progress=False).path
     assert path.read_bytes() == (served / "model_fc.onnx").read_bytes()
 
 
@@ -233,7 +228,7 @@ def test_cut_off_without_content_length_fails_the_content_check(server: Server, 
     server.cut.add("vocab.json")
     server.no_length.add("vocab.json")
     with pytest.raises(CaptionError, match="not a JSON vocabulary"):
-        ensure_file(fc_set().vocab, model_dir, offline=False, progress=False)
+        load_file(fc_set().vocab, model_dir, offline=False, progress=False)
     assert leftovers(model_dir) == []
     assert not (model_dir / "vocab.json").exists()
 
@@ -241,7 +236,7 @@ def test_cut_off_without_content_length_fails_the_content_check(server: Server, 
 def test_http_404_names_the_url(server: Server, model_dir: Path) -> None:
     server.not_found.add("vocab.json")
     with pytest.raises(CaptionError) as error:
-        ensure_file(fc_set().vocab, model_dir, offline=False, progress=False)
+        load_file(fc_set().vocab, model_dir, offline=False, progress=False)
     assert str(error.value) == (f"could not download vocab.json from {server.url}/vocab.json: HTTP 404 Not Found")
     assert leftovers(model_dir) == []
 
@@ -249,7 +244,7 @@ def test_http_404_names_the_url(server: Server, model_dir: Path) -> None:
 def test_plain_http_mirror_is_refused(server: Server, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(MIRROR_ENV, server.url.replace("https://", "http://"))
     with pytest.raises(CaptionError, match=f"^{MIRROR_ENV} must be an https:// URL"):
-        ensure_model_set(fc_set(), model_dir, offline=False, progress=False)
+        load_model_set(fc_set(), model_dir, offline=False, progress=False)
     assert server.requests == []
 
 
@@ -264,7 +259,7 @@ def test_redirect_to_plain_http_is_refused(server: Server, model_dir: Path) -> N
     insecure = server.url.replace("https://", "http://") + "/vocab.json"
     server.redirects["vocab.json"] = insecure
     with pytest.raises(CaptionError, match=f"refused a redirect to the non-https URL {insecure}"):
-        ensure_file(fc_set().vocab, model_dir, offline=False, progress=False)
+        load_file(fc_set().vocab, model_dir, offline=False, progress=False)
     assert server.requests == ["/vocab.json"]
     assert not (model_dir / "vocab.json").exists()
     assert leftovers(model_dir) == []
@@ -273,7 +268,7 @@ def test_redirect_to_plain_http_is_refused(server: Server, model_dir: Path) -> N
 def test_redirect_to_https_is_followed(server: Server, served: Path, model_dir: Path) -> None:
     (served / "moved.json").write_bytes(vocab())
     server.redirects["vocab.json"] = f"{server.url}/moved.json"
-    path = ensure_file(fc_set().vocab, model_dir, offline=False, progress=False)
+    path = load_file(fc_set().vocab, model_dir, offline=False, progress=False).path
     assert path.read_bytes() == vocab()
     assert server.requests == ["/vocab.json", "/moved.json"]
 
@@ -282,7 +277,7 @@ def test_untrusted_certificate_is_refused(server: Server, model_dir: Path, monke
     monkeypatch.delenv("SSL_CERT_FILE")
     monkeypatch.setenv("SSL_CERT_DIR", str(model_dir))  # nothing trusted there either
     with pytest.raises(CaptionError, match="certificate verify failed"):
-        ensure_file(fc_set().vocab, model_dir, offline=False, progress=False)
+        load_file(fc_set().vocab, model_dir, offline=False, progress=False)
     assert not (model_dir / "vocab.json").exists()
 
 
@@ -290,7 +285,7 @@ def test_stalled_transfer_times_out(server: Server, model_dir: Path, monkeypatch
     monkeypatch.setattr(download_module, "TIMEOUT_S", 0.3)
     server.stall.add("vocab.json")
     with pytest.raises(CaptionError, match="timed out"):
-        ensure_file(fc_set().vocab, model_dir, offline=False, progress=False)
+        load_file(fc_set().vocab, model_dir, offline=False, progress=False)
     assert leftovers(model_dir) == []
 
 
@@ -312,7 +307,7 @@ def test_vocab_with_a_missing_key_is_rejected(server: Server, served: Path, mode
     (served / "vocab.json").write_text(json.dumps(words))
 
     with pytest.raises(CaptionError) as error:
-        ensure_file(fc_set().vocab, model_dir, offline=False, progress=False)
+        load_file(fc_set().vocab, model_dir, offline=False, progress=False)
     assert str(error.value).startswith(f"could not download vocab.json from {server.url}/vocab.json: ")
     assert 'vocabulary keys must be exactly "1".."9": missing "5", unexpected "10"' in str(error.value)
     assert not (model_dir / "vocab.json").exists()
@@ -322,7 +317,7 @@ def test_vocab_with_a_missing_key_is_rejected(server: Server, served: Path, mode
 def test_vocab_size_must_match_the_decoder(server: Server, served: Path, model_dir: Path) -> None:
     (served / "vocab.json").write_bytes(vocab(V + 2))
     with pytest.raises(CaptionError) as error:
-        ensure_model_set(fc_set(), model_dir, offline=False, progress=False)
+        load_model_set(fc_set(), model_dir, offline=False, progress=False)
     root = model_dir.absolute()
     assert str(error.value) == (
         f"{root / 'vocab.json'} has {V + 2} words but {root / 'model_fc.onnx'} scores {V} words; "
@@ -333,7 +328,7 @@ def test_vocab_size_must_match_the_decoder(server: Server, served: Path, model_d
 def test_offline_lists_every_missing_file(server: Server, model_dir: Path) -> None:
     ms = fc_set()
     with pytest.raises(CaptionError) as error:
-        ensure_model_set(ms, model_dir, offline=True)
+        load_model_set(ms, model_dir, offline=True)
     lines = str(error.value).splitlines()
     assert lines[0].startswith("3 model files are missing and --offline forbids downloading")
     assert lines[1:] == [f"  {f.url} -> {model_dir.absolute() / f.name}" for f in ms.all]
@@ -345,12 +340,12 @@ CHILD = """
 import logging, sys
 from pathlib import Path
 from models import model_set
-from utils.model_files import ensure_file
+from utils.model_files import load_file
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 f = model_set("fc", with_prototxt=False).decoder[0]
 print("ready", flush=True)
 sys.stdin.readline()
-ensure_file(f, Path(sys.argv[1]), offline=False, progress=False)
+load_file(f, Path(sys.argv[1]), offline=False, progress=False)
 """
 
 
@@ -385,10 +380,9 @@ def test_concurrent_runs_fetch_once(server: Server, served: Path, model_dir: Pat
 
 
 def test_decoder_vocab_size(tmp_path: Path) -> None:
-    static, dynamic, single = tmp_path / "static.onnx", tmp_path / "dynamic.onnx", tmp_path / "single.onnx"
-    static.write_bytes(decoder_model(9487))
-    dynamic.write_bytes(decoder_model(dynamic_last=True))
-    single.write_bytes(feature_model())
+    static = onnx.load_from_string(decoder_model(9487))
+    dynamic = onnx.load_from_string(decoder_model(dynamic_last=True))
+    single = onnx.load_from_string(feature_model())
     assert decoder_vocab_size(static) == 9487
     assert decoder_vocab_size(dynamic) is None
     assert decoder_vocab_size(single) is None
@@ -422,12 +416,12 @@ def test_check_file_accepts_good_content(tmp_path: Path) -> None:
 
 
 def test_corrupt_file_whose_refetch_fails_is_not_kept(server: Server, model_dir: Path) -> None:
-    ensure_model_set(fc_set(), model_dir, offline=False, progress=False)
+    load_model_set(fc_set(), model_dir, offline=False, progress=False)
     _flip(model_dir / "model_fc.onnx")  # still parses as ONNX: only the checksum catches it
     server.cut.add("model_fc.onnx")
 
     with pytest.raises(CaptionError, match="cut off"):
-        ensure_model_set(fc_set(), model_dir, offline=False, progress=False)
+        load_model_set(fc_set(), model_dir, offline=False, progress=False)
 
     # Kept without its record, the damaged file would pass the content checks on the next run.
     assert not (model_dir / "model_fc.onnx").exists()

@@ -18,8 +18,8 @@ from tests import reference_search as ref
 from tests.builders import DecoderWeights, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
 from utils.decoding.decoder import CaptionDecoder
 from utils.decoding.graph import GreedyGraphDecoder
-from utils.decoding.options import DecodingOptions
-from utils.decoding.search import SearchSettings, search
+from utils.decoding.options import DecodingOptions, LengthPenalty, SampleMethod
+from utils.decoding.search import SearchContext, search
 from utils.decoding.step_model import OrtStepModel
 from utils.decoding.weights import recover_weights
 from utils.runtime import OnnxRuntimeNetwork
@@ -45,19 +45,19 @@ class Built:
         self.words = words or default_words(w.vocab_size)
         self.steps = steps
         self.graph = GreedyGraphDecoder(OnnxRuntimeNetwork(self.path))
-        self.decoder = CaptionDecoder(self.graph, self.path, self.words)
+        self.decoder = CaptionDecoder(self.graph, self.path.read_bytes(), self.words, name=self.path.name)
         self.net = ref.Net(w)
 
     def ref_options(self, o: DecodingOptions) -> ref.Options:
         last = len(self.words)
-        kind, _, alpha = o.length_penalty.partition("_")
         return ref.Options(
             beam_size=o.beam_size, group_size=o.group_size, diversity_lambda=o.diversity_lambda,
             max_length=o.max_length or self.steps, suppress_unk=o.suppress_unk,
             unk_index=last if self.words[-1] == "UNK" else None,
             decoding_constraint=o.decoding_constraint, remove_bad_endings=o.remove_bad_endings,
             bad_indices=[i for i, word in enumerate(self.words, start=1) if word in BAD],
-            block_trigrams=o.block_trigrams, penalty=(kind, float(alpha or 0)), temperature=o.temperature,
+            block_trigrams=o.block_trigrams, penalty=(o.length_penalty.kind, o.length_penalty.alpha),
+            temperature=o.temperature,
         )
 
     def program(self, fc: np.ndarray, o: DecodingOptions) -> list[tuple[list[int], float]]:
@@ -100,7 +100,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 def test_beam_size_1_is_the_graph_output(plain: Built) -> None:
-    model = OrtStepModel(recover_weights(plain.path))
+    model = OrtStepModel(recover_weights(plain.path.read_bytes()))
     for fc in fc_inputs(6):
         seq, _ = reference_greedy(plain.w, fc)
         want = ref.words_before_end(seq[0].tolist())
@@ -108,7 +108,8 @@ def test_beam_size_1_is_the_graph_output(plain: Built) -> None:
             decoded = plain.decoder(fc, DecodingOptions(beam_size=1, suppress_unk=suppress))
             assert decoded.indices == want and plain.decoder.last_source == "graph"
         # The step model's own greedy path gives the same words as the graph.
-        (hyp,) = search(model, fc, SearchSettings(max_length=20), np.random.default_rng(0))
+        greedy = DecodingOptions(beam_size=1)
+        (hyp,) = search(model, fc, greedy, SearchContext(max_length=20), np.random.default_rng(0))
         assert ref.words_before_end(hyp.tokens) == want
         graph_seq, _ = plain.graph.run(fc)
         assert hyp.tokens == graph_seq[: len(hyp.tokens)].tolist()
@@ -125,7 +126,7 @@ def test_trace_stopped_early_with_padded_outputs(tmp_path: Path, caplog: pytest.
     # Upstream's own loop traced with an early stop: 6 computed steps, outputs padded with zeros to 20.
     w = random_decoder_weights(12, seed=5, eos_bias=0.0)
     built = Built(tmp_path, w, steps=6, padded_to=20)
-    assert recover_weights(built.path).steps == 6
+    assert recover_weights(built.path.read_bytes()).steps == 6
     for fc in fc_inputs(5, seed=4):
         seq, _ = built.graph.run(fc)
         assert seq.shape == (20,) and not seq[6:].any()
@@ -247,12 +248,12 @@ def test_block_trigrams_in_greedy_decoding_only(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("penalty", ["avg_1", "wu_0.9", "wu_-0.5"])
 def test_length_penalty(plain: Built, penalty: str) -> None:
-    options = DecodingOptions(beam_size=4, nbest=4, length_penalty=penalty)
+    options = DecodingOptions(beam_size=4, nbest=4, length_penalty=LengthPenalty.parse(penalty))
     changed = 0
     for fc in fc_inputs(6, seed=12):
         got = plain.program(fc, options)
         assert_same(got, plain.reference(fc, options))
-        changed += got != plain.program(fc, replace(options, length_penalty=""))
+        changed += got != plain.program(fc, replace(options, length_penalty=LengthPenalty()))
     assert changed > 0
 
 
@@ -333,7 +334,7 @@ def test_temperature_in_beam_search(plain: Built) -> None:
 
 def test_same_seed_same_caption_different_seeds_differ(plain: Built) -> None:
     fc = fc_inputs(1, seed=18)[0]
-    options = DecodingOptions(sample_method="sample", temperature=2.0, seed=1)
+    options = DecodingOptions(sample_method=SampleMethod.parse("sample"), temperature=2.0, seed=1)
     first = plain.decoder(fc, options).indices
     assert all(plain.decoder(fc, options).indices == first for _ in range(3))
     others = {tuple(plain.decoder(fc, replace(options, seed=s)).indices) for s in range(2, 10)}
@@ -347,7 +348,8 @@ def test_top1_and_cold_sampling_are_greedy(plain: Built, method: str) -> None:
     temperature = 1.0 if method == "top1" else 1e-4
     for fc in fc_inputs(3, seed=19):
         greedy = plain.decoder(fc, DecodingOptions(beam_size=1)).indices
-        sampled = plain.decoder(fc, DecodingOptions(sample_method=method, temperature=temperature, seed=3))
+        options = DecodingOptions(sample_method=SampleMethod.parse(method), temperature=temperature, seed=3)
+        sampled = plain.decoder(fc, options)
         assert sampled.indices == greedy
 
 
@@ -356,7 +358,8 @@ def test_top_k_and_top_p_draw_only_allowed_words(plain: Built, method: str) -> N
     drawn = set()
     for seed in range(6):
         fc = fc_inputs(1, seed=20 + seed)[0]
-        decoded = plain.decoder(fc, DecodingOptions(sample_method=method, temperature=1.5, seed=seed, nbest=4))
+        options = DecodingOptions(sample_method=SampleMethod.parse(method), temperature=1.5, seed=seed, nbest=4)
+        decoded = plain.decoder(fc, options)
         assert 1 <= len(decoded.nbest) <= 4
         for cand in decoded.nbest:
             tokens = [*cand.indices, 0] if len(cand.indices) < plain.steps else cand.indices

@@ -28,7 +28,7 @@ def weights(seed: int = 4, vocab: int = 12, size: int = 16) -> DecoderWeights:
 
 
 def assert_recovered(path: Path, w: DecoderWeights, source: str, steps: int = 20) -> None:
-    got = recover_weights(path)
+    got = recover_weights(path.read_bytes())
     assert got.source == source and got.steps == steps
     for mine, theirs in PAIRS:
         np.testing.assert_array_equal(getattr(got, mine), getattr(w, theirs))
@@ -40,7 +40,8 @@ def fc_inputs(n: int) -> list[np.ndarray]:
 
 
 def decoder(path: Path, w: DecoderWeights) -> CaptionDecoder:
-    return CaptionDecoder(GreedyGraphDecoder(OnnxRuntimeNetwork(path)), path, default_words(w.vocab_size))
+    return CaptionDecoder(GreedyGraphDecoder(OnnxRuntimeNetwork(path)), path.read_bytes(), default_words(w.vocab_size),
+                          name=path.name)
 
 
 def edit(path: Path, change: Callable[[onnx.GraphProto], None]) -> None:
@@ -145,7 +146,7 @@ def test_unrecoverable_weights_fall_back_with_one_warning(tmp_path: Path, caplog
 
     edit(path, computed_logit)
     with pytest.raises(RecoveryError, match="logit"):
-        recover_weights(path)
+        recover_weights(path.read_bytes())
     dec = decoder(path, w)
     with caplog.at_level(logging.WARNING):
         for fc in fc_inputs(4):
@@ -172,7 +173,7 @@ def test_weights_that_do_not_replay_fall_back(tmp_path: Path, caplog: pytest.Log
                 graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))
 
     edit(path, perturb)
-    assert recover_weights(path).source == "by name"
+    assert recover_weights(path.read_bytes()).source == "by name"
     dec = decoder(path, w)
     graph = GreedyGraphDecoder(OnnxRuntimeNetwork(path))
     with caplog.at_level(logging.WARNING):
@@ -188,7 +189,8 @@ def test_vocabulary_of_another_size_falls_back(tmp_path: Path, caplog: pytest.Lo
     w = weights()
     path = tmp_path / "d.onnx"
     make_greedy_decoder(path, w)
-    dec = CaptionDecoder(GreedyGraphDecoder(OnnxRuntimeNetwork(path)), path, default_words(11))
+    dec = CaptionDecoder(GreedyGraphDecoder(OnnxRuntimeNetwork(path)), path.read_bytes(), default_words(11),
+                         name=path.name)
     with caplog.at_level(logging.WARNING):
         dec(fc_inputs(1)[0], DecodingOptions())
     assert dec.last_source == "fallback"
@@ -198,4 +200,4 @@ def test_vocabulary_of_another_size_falls_back(tmp_path: Path, caplog: pytest.Lo
 def test_not_an_onnx_file(tmp_path: Path) -> None:
     (tmp_path / "x.onnx").write_bytes(b"not a model")
     with pytest.raises(RecoveryError, match="cannot read"):
-        recover_weights(tmp_path / "x.onnx")
+        recover_weights((tmp_path / "x.onnx").read_bytes())

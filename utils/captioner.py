@@ -14,10 +14,10 @@ from utils.decoding.decoder import CaptionDecoder
 from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions
 from utils.errors import CaptionError
-from utils.model_files import ensure_model_set
+from utils.model_files import VerifiedFile, load_model_set
 from utils.preprocess import preprocess
 from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, RuntimeOptions, first_input, require_ailia
-from vocab import Vocabulary, load_vocabulary
+from vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class RankedCaption:
 class _Networks:
     feature: Network
     decoder: Network
-    decoder_file: Path  # the decoder's ONNX file, read again for beam search's weights
+    decoder_file: VerifiedFile  # the decoder's ONNX file, whose weights beam search recovers
 
 
 class Captioner:
@@ -66,7 +66,8 @@ class Captioner:
         self.vocab: Vocabulary = vocab
         self._feature = nets.feature
         self._feature_input = first_input(nets.feature)
-        self._decoder = CaptionDecoder(GreedyGraphDecoder(nets.decoder), nets.decoder_file, vocab.words)
+        self._decoder = CaptionDecoder(GreedyGraphDecoder(nets.decoder), nets.decoder_file.onnx_model(), vocab.words,
+                                       name=nets.decoder_file.path.name)
         self.load_ms = 1e3 * (time.perf_counter() - start)
 
     @property
@@ -108,24 +109,27 @@ class Captioner:
 def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabulary]:
     backend = options.runtime.backend
     required = model_set(options.model, with_prototxt=False)
-    paths = ensure_model_set(required, model_dir, options.offline, options.progress)
-    vocab = load_vocabulary(paths[required.vocab.name])
+    files = load_model_set(required, model_dir, options.offline, options.progress)
+    vocab = files[required.vocab.name].vocabulary()
+    feature, decoder = files[required.feature[0].name], files[required.decoder[0].name]
     if backend in ("ailia", "auto"):
         try:
-            return _load_ailia(options, model_dir, paths), vocab
+            return _load_ailia(options, model_dir, feature, decoder), vocab
         except CaptionError as exc:
             if backend == "ailia":
                 raise
             logger.warning("ailia SDK not used: %s. Running on ONNX Runtime instead.", exc)
     nets = _Networks(
-        feature=OnnxRuntimeNetwork(paths[required.feature[0].name], options.runtime),
-        decoder=OnnxRuntimeNetwork(paths[required.decoder[0].name], options.runtime),
-        decoder_file=paths[required.decoder[0].name],
+        feature=OnnxRuntimeNetwork(feature.data, options.runtime, name=str(feature.path)),
+        decoder=OnnxRuntimeNetwork(decoder.data, options.runtime, name=str(decoder.path)),
+        decoder_file=decoder,
     )
     return nets, vocab
 
 
-def _load_ailia(options: CaptionerOptions, model_dir: Path, paths: dict[str, Path]) -> _Networks:
+def _load_ailia(options: CaptionerOptions, model_dir: Path, feature: VerifiedFile,
+                decoder: VerifiedFile) -> _Networks:
+    """The ailia SDK opens its files by name: the .prototxt files are only checked here."""
     require_ailia()  # before fetching the .prototxt files only ailia reads
     full = model_set(options.model, with_prototxt=True)
     protos: list[ModelFile] = [f for f in full.all if f.kind == "prototxt"]
@@ -133,11 +137,10 @@ def _load_ailia(options: CaptionerOptions, model_dir: Path, paths: dict[str, Pat
     if missing and options.offline and options.runtime.backend == "auto":
         # Said in one line: with ONNX Runtime to fall back on, the download instructions are not needed.
         raise CaptionError(f"{', '.join(missing)} not in {model_dir} and --offline forbids downloading")
-    paths = {**paths, **ensure_model_set(full, model_dir, options.offline, options.progress, files=protos)}
+    checked = load_model_set(full, model_dir, options.offline, options.progress, files=protos)
 
-    def net(files: list[ModelFile]) -> Network:
-        onnx_file = next(f for f in files if f.kind == "onnx")
-        return AiliaNetwork(paths[onnx_file.name + ".prototxt"], paths[onnx_file.name], options.runtime)
+    def net(onnx_file: VerifiedFile) -> Network:
+        prototxt = checked[onnx_file.path.name + ".prototxt"].path
+        return AiliaNetwork(prototxt, onnx_file.path, options.runtime)
 
-    decoder_onnx = next(f for f in full.decoder if f.kind == "onnx")
-    return _Networks(feature=net(full.feature), decoder=net(full.decoder), decoder_file=paths[decoder_onnx.name])
+    return _Networks(feature=net(feature), decoder=net(decoder), decoder_file=decoder)

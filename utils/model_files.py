@@ -19,7 +19,7 @@ from models import MIRROR_ENV, FileKind, ModelFile, ModelSet
 from utils.atomic import write_atomic
 from utils.download import download, folder_lock, is_https
 from utils.errors import CaptionError
-from vocab import load_vocabulary
+from vocab import Vocabulary, vocabulary_from_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -31,45 +31,67 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _check_onnx(path: Path) -> None:
-    try:
-        # Only the graph is needed to tell a model from garbage; external weights are not used.
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:
-        raise CaptionError(f"not a valid ONNX model ({_first_line(error)})") from error
-    # Protobuf reads an empty (or lucky) byte string as an empty model, so parsing is not enough.
-    if not model.graph.output:
-        raise CaptionError("not a valid ONNX model (it has no graph outputs)")
+class VerifiedFile:
+    """A model file read once: its bytes, checked, and what they parse to (parsed at most once).
+
+    Everything the program does with a model file goes through one of these, so each file is read
+    once per process (the ailia SDK, which opens its files by name, is the exception)."""
+
+    def __init__(self, kind: FileKind, path: Path, data: bytes) -> None:
+        self.kind = kind
+        self.path = path
+        self.data = data
+        self._onnx: onnx.ModelProto | None = None
+        self._vocabulary: Vocabulary | None = None
+
+    def onnx_model(self) -> onnx.ModelProto:
+        """The parsed ONNX model; CaptionError (the reason only) if it is not one."""
+        if self._onnx is None:
+            try:
+                # Only the graph is needed to tell a model from garbage; external weights are not used.
+                model = onnx.load_from_string(self.data)
+            except Exception as error:
+                raise CaptionError(f"not a valid ONNX model ({_first_line(error)})") from error
+            # Protobuf reads an empty (or lucky) byte string as an empty model, so parsing is not enough.
+            if not model.graph.output:
+                raise CaptionError("not a valid ONNX model (it has no graph outputs)")
+            self._onnx = model
+        return self._onnx
+
+    def vocabulary(self) -> Vocabulary:
+        """The vocabulary (keys exactly "1".."N", string values); CaptionError (the reason only) otherwise."""
+        if self._vocabulary is None:
+            self._vocabulary = vocabulary_from_bytes(self.data)
+        return self._vocabulary
+
+    def check(self) -> None:
+        """Raise CaptionError (the message is the reason; callers add the file) if unusable."""
+        logger.debug("checking the content of %s as %s", self.path, self.kind)
+        if self.kind == "onnx":
+            self.onnx_model()
+        elif self.kind == "prototxt":
+            _check_prototxt(self.data)
+        else:
+            self.vocabulary()
 
 
-def _check_prototxt(path: Path) -> None:
+def _check_prototxt(data: bytes) -> None:
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise CaptionError(f"not UTF-8 text ({error.reason} at byte {error.start})") from error
     if not text.strip():
         raise CaptionError("empty prototxt")
 
 
-def vocab_size(path: Path) -> int:
-    """N for a valid vocabulary file (keys exactly "1".."N", string values); CaptionError otherwise."""
-    return len(load_vocabulary(path))
-
-
 def check_file(kind: FileKind, path: Path) -> None:
-    """Raise CaptionError (the message is the reason; callers add the file) if unusable."""
-    logger.debug("checking the content of %s as %s", path, kind)
-    if kind == "onnx":
-        _check_onnx(path)
-    elif kind == "prototxt":
-        _check_prototxt(path)
-    else:
-        vocab_size(path)
+    """Check a file's content (a download before it is kept); CaptionError with the reason."""
+    VerifiedFile(kind, path, path.read_bytes()).check()
 
 
-def decoder_vocab_size(onnx_path: Path) -> int | None:
+def decoder_vocab_size(model: onnx.ModelProto) -> int | None:
     """V from the decoder's second output (log-probabilities, last axis V+1), if it is static."""
-    outputs = onnx.load(str(onnx_path), load_external_data=False).graph.output
+    outputs = model.graph.output
     if len(outputs) < 2:
         return None
     dims = outputs[1].type.tensor_type.shape.dim
@@ -79,12 +101,8 @@ def decoder_vocab_size(onnx_path: Path) -> int | None:
     return int(dims[-1].dim_value) - 1
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _sidecar(path: Path) -> Path:
@@ -112,20 +130,21 @@ def _record_sha256(path: Path, digest: str) -> None:
         logger.warning("cannot record the checksum of %s (%s)", path, error)
 
 
-def _problem(f: ModelFile, path: Path) -> str | None:
-    """Why the existing file at ``path`` cannot be used, or None when it is fine."""
-    recorded = _recorded_sha256(path)
+def _problem(file: VerifiedFile) -> str | None:
+    """Why the file just read cannot be used, or None when it is fine."""
+    recorded = _recorded_sha256(file.path)
+    digest = sha256_bytes(file.data)
     if recorded is not None:
-        logger.debug("comparing %s with its recorded checksum", path)
-        if sha256_file(path) == recorded:
+        logger.debug("comparing %s with its recorded checksum", file.path)
+        if digest == recorded:
             return None
         return "checksum differs from the one recorded when it was downloaded"
     # Placed here by hand (or a run stopped between saving it and recording its checksum).
     try:
-        check_file(f.kind, path)
+        file.check()
     except CaptionError as error:
         return str(error)
-    _record_sha256(path, sha256_file(path))
+    _record_sha256(file.path, digest)
     return None
 
 
@@ -151,8 +170,8 @@ def _fetch(f: ModelFile, path: Path, progress: bool) -> None:
     _record_sha256(path, digest)
 
 
-def ensure_file(f: ModelFile, model_dir: Path, offline: bool, progress: bool = True) -> Path:
-    """The path of ``f`` in ``model_dir``, fetched first if missing or corrupt (unless offline)."""
+def load_file(f: ModelFile, model_dir: Path, offline: bool, progress: bool = True) -> VerifiedFile:
+    """``f`` from ``model_dir``, read once and checked; fetched first if missing or corrupt (unless offline)."""
     model_dir = model_dir.absolute()
     path = model_dir / f.name
     if offline and not path.exists():
@@ -164,48 +183,49 @@ def ensure_file(f: ModelFile, model_dir: Path, offline: bool, progress: bool = T
             raise CaptionError(f"cannot create the model folder {model_dir}: {error}") from error
     try:
         with folder_lock(model_dir):
-            _ensure_locked(f, path, offline, progress)
+            return _load_locked(f, path, offline, progress)
     except OSError as error:  # unreadable file, full disk, no write permission...
         raise CaptionError(f"cannot use {path}: {error}") from error
-    return path
 
 
-def _ensure_locked(f: ModelFile, path: Path, offline: bool, progress: bool) -> None:
+def _load_locked(f: ModelFile, path: Path, offline: bool, progress: bool) -> VerifiedFile:
     # Looked at only under the lock: another process may have fetched or replaced it meanwhile.
     if not path.exists():
         if offline:
             raise CaptionError(_missing_message([f], path.parent))
     else:
-        problem = _problem(f, path)
+        file = VerifiedFile(f.kind, path, path.read_bytes())
+        problem = _problem(file)
         if problem is None:
-            return
+            return file
         if offline:
             raise CaptionError(f"{path} is corrupt ({problem}); delete it or run without --offline to fetch it again")
         logger.warning("%s is corrupt (%s); fetching it again", path, problem)
     _fetch(f, path, progress)
+    return VerifiedFile(f.kind, path, path.read_bytes())
 
 
-def _check_vocab_matches_decoder(ms: ModelSet, paths: dict[str, Path]) -> None:
+def _check_vocab_matches_decoder(ms: ModelSet, files: dict[str, VerifiedFile]) -> None:
     decoder = next((f for f in ms.decoder if f.kind == "onnx"), None)
-    if decoder is None or decoder.name not in paths or ms.vocab.name not in paths:
+    if decoder is None or decoder.name not in files or ms.vocab.name not in files:
         return
-    vocab_path, decoder_path = paths[ms.vocab.name], paths[decoder.name]
-    words, expected = vocab_size(vocab_path), decoder_vocab_size(decoder_path)
+    vocab, model = files[ms.vocab.name], files[decoder.name]
+    words, expected = len(vocab.vocabulary()), decoder_vocab_size(model.onnx_model())
     if expected is not None and words != expected:
         raise CaptionError(
-            f"{vocab_path} has {words} words but {decoder_path} scores {expected} words; "
+            f"{vocab.path} has {words} words but {model.path} scores {expected} words; "
             "the vocabulary must be the one published with the model"
         )
 
 
-def ensure_model_set(
+def load_model_set(
     ms: ModelSet,
     model_dir: Path,
     offline: bool,
     progress: bool = True,
     files: list[ModelFile] | None = None,
-) -> dict[str, Path]:
-    """Ensure ``files`` (default: all of ``ms``) are present and intact; map name -> path.
+) -> dict[str, VerifiedFile]:
+    """Load ``files`` (default: all of ``ms``), each read once and checked; map name -> file.
 
     Offline, every missing file is reported in one error. The vocabulary's size is checked
     against the decoder's output when both are among the files.
@@ -216,6 +236,6 @@ def ensure_model_set(
         missing = [f for f in wanted if not (model_dir / f.name).exists()]
         if missing:
             raise CaptionError(_missing_message(missing, model_dir))
-    paths = {f.name: ensure_file(f, model_dir, offline, progress) for f in wanted}
-    _check_vocab_matches_decoder(ms, paths)
-    return paths
+    loaded = {f.name: load_file(f, model_dir, offline, progress) for f in wanted}
+    _check_vocab_matches_decoder(ms, loaded)
+    return loaded

@@ -42,7 +42,8 @@ class Network(Protocol):
 class OnnxRuntimeNetwork:
     backend = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, options: RuntimeOptions | None = None) -> None:
+    def __init__(self, model: Path | bytes, options: RuntimeOptions | None = None, name: str | None = None) -> None:
+        """``model``: the file, or its content already read (``name`` then names it in messages)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -53,10 +54,11 @@ class OnnxRuntimeNetwork:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
-                str(onnx_path), opts, providers=["CPUExecutionProvider"]
+                str(model) if isinstance(model, Path) else model, opts, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises several unrelated types for a bad file
-            raise CaptionError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
+            label = name or (str(model) if isinstance(model, Path) else "the model")
+            raise CaptionError(f"ONNX Runtime cannot load {label}: {exc}") from exc
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
 

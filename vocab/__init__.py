@@ -79,11 +79,18 @@ def _quoted(keys: list[str]) -> str:
     return ", ".join(json.dumps(key) for key in keys) or "none"
 
 
-def load_vocabulary(path: Path) -> Vocabulary:
+def vocabulary_from_bytes(content: bytes) -> Vocabulary:
+    """A vocabulary file's content, validated; CaptionError with the reason (callers name the file)."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(content.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CaptionError(f"not a JSON vocabulary ({str(exc).splitlines()[0]})") from exc
+    return parse_vocabulary(data)
+
+
+def load_vocabulary(path: Path) -> Vocabulary:
+    try:
+        content = path.read_bytes()
     except OSError as exc:
         raise CaptionError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return parse_vocabulary(data)
+    return vocabulary_from_bytes(content)

@@ -1,0 +1,5 @@
+"""Decoding the published greedy decoders with upstream's options (README, "Decoding options")."""
+
+from utils.decoding.options import DEFAULT_BEAM_SIZE, DecodingOptions, LengthPenalty, SampleMethod
+
+__all__ = ["DEFAULT_BEAM_SIZE", "DecodingOptions", "LengthPenalty", "SampleMethod"]

@@ -14,22 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
+import onnx
 
+from utils.decoding.filters import EOS, vocabulary_indices
 from utils.decoding.graph import Candidate, Decoded, GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions
-from utils.decoding.search import (
-    EOS,
-    SearchSettings,
-    State,
-    StepModel,
-    parse_length_penalty,
-    parse_sample_method,
-    search,
-    vocabulary_indices,
-)
+from utils.decoding.search import Hypothesis, SearchContext, State, StepModel, search
 from utils.decoding.step_model import OrtStepModel
 from utils.decoding.weights import DecoderWeights, RecoveryError, recover_weights
 from vocab import caption_indices
@@ -49,11 +41,9 @@ def needs_search(options: DecodingOptions, steps: int) -> bool:
     Upstream's greedy path ignores suppress_UNK and the temperature, and the length penalty only
     changes scores; the other options change which words greedy decoding picks.
     """
-    method = parse_sample_method(options.sample_method)
     return (
-        options.beam_size > 1
-        or method.kind != "greedy"
-        or options.group_size > 1
+        options.path != "sample"
+        or not options.sample_method.greedy
         or options.decoding_constraint
         or options.block_trigrams
         or options.remove_bad_endings
@@ -62,12 +52,17 @@ def needs_search(options: DecodingOptions, steps: int) -> bool:
 
 
 class CaptionDecoder:
-    """Decodes one image's feature vector with DecodingOptions; see the module docstring."""
+    """Decodes one image's feature vector with DecodingOptions; see the module docstring.
 
-    def __init__(self, graph: GreedyGraphDecoder, onnx_path: Path | None, words: Sequence[str],
-                 step_model: StepModelFactory = OrtStepModel) -> None:
+    ``model`` is the decoder's ONNX file as the caller already has it, bytes or parsed (each model file is
+    read, and parsed, once per process); the weights are recovered from it on first need, then it is let
+    go. ``name`` (the file's name) is for messages."""
+
+    def __init__(self, graph: GreedyGraphDecoder, model: bytes | onnx.ModelProto | None, words: Sequence[str],
+                 name: str = "the decoder", step_model: StepModelFactory = OrtStepModel) -> None:
         self._graph = graph
-        self._path = onnx_path
+        self._onnx_model = model
+        self._name = name
         self._words = tuple(words)
         self._unk, self._bad_endings = vocabulary_indices(self._words)
         self._factory = step_model
@@ -100,15 +95,15 @@ class CaptionDecoder:
             # same for 1 or 6 rows); its verdict decides whether the search's result is used.
             start = model.start(fc)
             replay = Replay(model, start, seq)
-            settings = self.settings(options, length)
-            hypotheses = search(replay, fc, settings, np.random.default_rng(options.seed), start)
+            context = SearchContext(length, self._unk, self._bad_endings)
+            hypotheses = search(replay, fc, options, context, np.random.default_rng(options.seed), start)
             problem = replay.mismatch(logprobs)
         if model is None or problem is not None:
             self._warn(options, problem or "unknown reason")
             self.last_source = "fallback"
             return _graph_result(seq, logprobs, options, min(length, steps))
         self.last_source = "search"
-        return _search_result(hypotheses, options, settings)
+        return _search_result(hypotheses, options)
 
     def step_model(self) -> StepModel | None:
         """The step model, built on first use; None (with ``_failure`` set) if the weights cannot be had."""
@@ -119,13 +114,14 @@ class CaptionDecoder:
                 except RecoveryError as exc:
                     self._failure = f"its weights could not be recovered ({exc})"
                 else:
-                    logger.debug("decoder weights recovered from %s", self._path)
+                    logger.debug("decoder weights recovered from %s", self._name)
+                self._onnx_model = None  # built or failed for good: its ~50 MB are no longer needed
             return self._model
 
     def _build(self) -> StepModel:
-        if self._path is None:
+        if self._onnx_model is None:
             raise RecoveryError("the decoder's ONNX file is not known")
-        weights = recover_weights(self._path)
+        weights = recover_weights(self._onnx_model)
         self._traced_steps = weights.steps
         if weights.vocab_size != len(self._words):
             raise RecoveryError(
@@ -136,28 +132,8 @@ class CaptionDecoder:
         except Exception as exc:  # ONNX Runtime raises several types for a graph it cannot run
             raise RecoveryError(f"no step model could be built from them: {exc}") from exc
 
-    def settings(self, options: DecodingOptions, length: int) -> SearchSettings:
-        method = parse_sample_method(options.sample_method)
-        return SearchSettings(
-            max_length=length,
-            beam_size=options.beam_size,
-            group_size=options.group_size,
-            diversity_lambda=options.diversity_lambda,
-            sample_method=method,
-            temperature=options.temperature,
-            length_penalty=parse_length_penalty(options.length_penalty),
-            suppress_unk=options.suppress_unk,
-            decoding_constraint=options.decoding_constraint,
-            remove_bad_endings=options.remove_bad_endings,
-            block_trigrams=options.block_trigrams,
-            rows=(options.nbest or 1) if method.kind != "greedy" else 1,
-            unk_index=self._unk,
-            bad_ending_indices=self._bad_endings,
-        )
-
     def _warn(self, options: DecodingOptions, why: str) -> None:
-        name = self._path.name if self._path is not None else "the decoder"
-        message = (f"{options.method_description} is not available for {name}: {why}. "
+        message = (f"{options.method_description} is not available for {self._name}: {why}. "
                    "Captions are the graph's own greedy output instead.")
         with self._lock:
             first, self._warned = not self._warned, True
@@ -241,12 +217,12 @@ def _graph_result(seq: np.ndarray, logprobs: np.ndarray, options: DecodingOption
     if options.nbest:
         tokens = len(words) + (1 if len(words) < len(row) else 0)  # the closing 0, when it came in time
         total = float(np.sum([logprobs[t, int(row[t])] for t in range(tokens)], dtype=np.float32))
-        score = parse_length_penalty(options.length_penalty)(tokens, total) if tokens else 0.0
+        score = options.length_penalty(tokens, total) if tokens else 0.0
         nbest = (Candidate(words, score, confidence),)
     return Decoded(words, confidence, nbest)
 
 
-def _search_result(hypotheses: list, options: DecodingOptions, settings: SearchSettings) -> Decoded:
+def _search_result(hypotheses: list[Hypothesis], options: DecodingOptions) -> Decoded:
     """The first hypothesis as the caption; distinct captions as the n-best list.
 
     Beam search keeps upstream's order (best first; group by group for diverse beam search), diverse
@@ -260,7 +236,7 @@ def _search_result(hypotheses: list, options: DecodingOptions, settings: SearchS
             continue
         seen.add(tuple(words))
         candidates.append(Candidate(words, h.score, _mean(h.raw_logprobs[: len(words)])))
-    if settings.path == "sample" and settings.rows > 1:
+    if options.path == "sample":  # one row per caption asked for; a single row needs no sorting
         candidates.sort(key=lambda c: -c.score)
     best = candidates[0]
     return Decoded(best.indices, best.confidence, tuple(candidates[: options.nbest]) if options.nbest else ())

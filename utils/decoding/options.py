@@ -1,39 +1,143 @@
-"""DecodingOptions: upstream's evaluation options, checked once."""
+"""DecodingOptions: upstream's evaluation options (docs/models.md §6), parsed and checked once.
+
+Option strings (``--sample-method top5``, ``--length-penalty wu_0.5``) are parsed by ``SampleMethod.parse``
+and ``LengthPenalty.parse`` where they come in (utils/decoding/cli.py); everything after that holds the
+typed values. Which of upstream's three search paths the options take is answered by one property,
+``DecodingOptions.path``; everything else that depends on the path derives from it.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
-
-import numpy as np
-
-from utils.decoding.search import parse_length_penalty, parse_sample_method
+from typing import Literal
 
 # Beam 5: the setting of upstream's published scores (docs/models.md §8); it costs a few per cent of the
 # feature model's time (README, "Decoding options").
 DEFAULT_BEAM_SIZE = 5
+
+SearchPath = Literal["beam", "diverse", "sample"]
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+@dataclass(frozen=True)
+class LengthPenalty:
+    """Upstream's ``penalty_builder``: none, ``wu_A`` or ``avg_A``; called on (length, log-probability)."""
+
+    kind: Literal["", "wu", "avg"] = ""  # "": no penalty
+    alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("", "wu", "avg"):
+            raise ValueError(f"length penalty kind {self.kind!r} is not '', 'wu' or 'avg'")
+
+    @classmethod
+    def parse(cls, text: str) -> LengthPenalty:
+        """``wu_A`` or ``avg_A`` (A a number); "" or "none" for no penalty. Raises ValueError."""
+        if text.strip().lower() in ("", "none"):
+            return cls()
+        match = re.fullmatch(rf"(wu|avg)_({_NUMBER})", text.strip())
+        if not match:
+            raise ValueError(f"length penalty {text!r} is not wu_A or avg_A (A a number, e.g. wu_0.5, avg_1)")
+        return cls("wu" if match.group(1) == "wu" else "avg", float(match.group(2)))
+
+    def __call__(self, length: int, logprob: float) -> float:
+        # Python floats, as upstream computes the penalty outside its tensors.
+        if self.kind == "wu":
+            return logprob / self._wu(length)
+        if self.kind == "avg":
+            return logprob / length
+        return logprob
+
+    def largest_divisor(self, lengths: range) -> float:
+        """The largest number a score is divided by over ``lengths`` (1.0 without a penalty)."""
+        if self.kind == "wu":
+            return max(self._wu(n) for n in lengths)
+        if self.kind == "avg":
+            return float(max(lengths))
+        return 1.0
+
+    def _wu(self, length: int) -> float:
+        return ((5 + length) ** self.alpha) / ((5 + 1) ** self.alpha)
+
+
+@dataclass(frozen=True)
+class SampleMethod:
+    """``greedy``, ``sample``, ``topK`` (K an integer >= 1) or ``topP`` (0 < P < 1)."""
+
+    kind: Literal["greedy", "sample", "top_k", "top_p"] = "greedy"
+    k: int = 0  # top_k only
+    p: float = 0.0  # top_p only
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("greedy", "sample", "top_k", "top_p"):
+            raise ValueError(f"sample method kind {self.kind!r} is not greedy, sample, top_k or top_p")
+        if self.kind == "top_k" and self.k < 1:
+            raise ValueError(f"top-k sampling needs k >= 1, got {self.k}")
+        if self.kind == "top_p" and not 0.0 < self.p < 1.0:
+            raise ValueError(f"top-p sampling needs 0 < p < 1, got {self.p}")
+
+    @classmethod
+    def parse(cls, text: str) -> SampleMethod:
+        """Raises ValueError for anything but greedy, sample, topK or topP."""
+        value = text.strip()
+        if value == "greedy":
+            return cls("greedy")
+        if value == "sample":
+            return cls("sample")
+        match = re.fullmatch(r"top(\d+|\d*\.\d+)", value)
+        if match:
+            number = float(match.group(1))
+            if 0.0 < number < 1.0:
+                return cls("top_p", p=number)
+            if number >= 1.0 and number == int(number):
+                return cls("top_k", k=int(number))
+        raise ValueError(
+            f"sample method {text!r} is not greedy, sample, topK (an integer K >= 1, e.g. top5) "
+            "or topP (0 < P < 1, e.g. top0.9)"
+        )
+
+    @property
+    def greedy(self) -> bool:
+        return self.kind == "greedy"
+
+    def __str__(self) -> str:
+        if self.kind == "top_k":
+            return f"top{self.k}"
+        if self.kind == "top_p":
+            return f"top{self.p:g}"
+        return self.kind
 
 
 @dataclass(frozen=True)
 class DecodingOptions:
     """Upstream's evaluation options (docs/models.md §6); see README, "Decoding options".
 
+    One field per decoding flag (utils/decoding/cli.py builds this from the flags field by field).
     Invalid values raise ValueError."""
 
     remove_bad_endings: bool = False  # no EOS right after a bad-ending word; strip trailing ones from the caption
     beam_size: int = DEFAULT_BEAM_SIZE  # 1: greedy (with the other defaults, exactly the graph's own output)
     nbest: int | None = None  # also return the best K captions with their scores
-    length_penalty: str = ""  # "" (none), "wu_A" or "avg_A"
+    length_penalty: LengthPenalty = LengthPenalty()  # how beam search ranks finished captions
     max_length: int | None = None  # most words; None: the decoder graph's step count
     suppress_unk: bool = True  # beam search: UNK's log-probability lowered by 1000
     decoding_constraint: bool = False  # never the same word twice in a row
     block_trigrams: bool = False  # greedy/sampling: a repeated trigram's word lowered by 2 x 0.693 per use
     group_size: int = 1  # diverse beam search (or diverse sampling with beam size 1): number of groups
     diversity_lambda: float = 0.5  # diverse decoding: penalty per earlier group's use of a word
-    sample_method: str = "greedy"  # greedy, sample, topK (e.g. top5) or topP (e.g. top0.9)
+    sample_method: SampleMethod = SampleMethod()  # greedy, sample, top-k or top-p
     temperature: float = 1.0  # sampling (and beam search after the first word, as upstream)
     seed: int | None = None  # sampling: the same seed gives the same caption
 
     def __post_init__(self) -> None:
+        # Typed values only: a string here would otherwise fail deep inside a search.
+        for name, kind in (("length_penalty", LengthPenalty), ("sample_method", SampleMethod)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a {kind.__name__} (use {kind.__name__}.parse), "
+                                f"got {getattr(self, name)!r}")
         for name in ("beam_size", "group_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -41,14 +145,11 @@ class DecodingOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if not (0 < self.temperature < float("inf")):
+        if not (0 < self.temperature < math.inf):
             raise ValueError(f"temperature must be a positive number, got {self.temperature}")
-        if not np.isfinite(self.diversity_lambda):
+        if not math.isfinite(self.diversity_lambda):
             raise ValueError(f"diversity_lambda must be a number, got {self.diversity_lambda}")
-        parse_length_penalty(self.length_penalty)
-        method = parse_sample_method(self.sample_method)
-        beam = self.beam_size > 1 and method.kind == "greedy"
-        if beam and self.group_size > self.beam_size:
+        if self.path == "beam" and self.group_size > self.beam_size:
             raise ValueError(
                 f"group size {self.group_size} needs a beam size of at least {self.group_size} "
                 "(each group gets beam size // group size beams)"
@@ -58,22 +159,33 @@ class DecodingOptions:
             raise ValueError(f"{self.nbest} best captions asked for, but {self.method_description} gives {limit}")
 
     @property
+    def path(self) -> SearchPath:
+        """Which of upstream's ``_sample`` paths decodes: "beam", "diverse" or "sample" (greedy or sampling).
+
+        As upstream: beam search needs the greedy method (any other method ignores the beam size), and
+        groups without beam search mean diverse sampling."""
+        if self.beam_size > 1 and self.sample_method.greedy:
+            return "beam"
+        if self.group_size > 1:
+            return "diverse"
+        return "sample"
+
+    @property
     def captions_available(self) -> int | None:
         """How many captions the chosen method yields (None: as many as asked, by drawing more samples)."""
-        method = parse_sample_method(self.sample_method)
-        if self.beam_size > 1 and method.kind == "greedy":
+        if self.path == "beam":
             return (self.beam_size // self.group_size) * self.group_size
-        if self.group_size > 1:
+        if self.path == "diverse":
             return self.group_size
-        return 1 if method.kind == "greedy" else None
+        return 1 if self.sample_method.greedy else None
 
     @property
     def method_description(self) -> str:
-        method = parse_sample_method(self.sample_method)
-        if self.beam_size > 1 and method.kind == "greedy":
+        """The method in words, for messages ("beam search with beam size 5", "top5 sampling", ...)."""
+        groups = f" in {self.group_size} groups" if self.group_size > 1 else ""
+        if self.path == "beam":
             kind = "diverse beam search" if self.group_size > 1 else "beam search"
-            return f"{kind} with beam size {self.beam_size}" + (
-                f" in {self.group_size} groups" if self.group_size > 1 else "")
-        if self.group_size > 1:
-            return f"diverse {method} decoding in {self.group_size} groups"
-        return "greedy decoding" if method.kind == "greedy" else f"{method} sampling"
+            return f"{kind} with beam size {self.beam_size}{groups}"
+        if self.path == "diverse":
+            return f"diverse {self.sample_method} decoding{groups}"
+        return "greedy decoding" if self.sample_method.greedy else f"{self.sample_method} sampling"

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -74,12 +73,14 @@ class DecoderWeights:
         return int(self.h2h_w.shape[1])
 
 
-def recover_weights(model: onnx.ModelProto | Path) -> DecoderWeights:
-    """The decoder's weights, by name or else by structure; RecoveryError if neither works."""
-    if isinstance(model, Path):
+def recover_weights(model: bytes | onnx.ModelProto) -> DecoderWeights:
+    """The decoder's weights, by name or else by structure; RecoveryError if neither works.
+
+    ``model`` is the ONNX file's bytes (as the caller read them once) or the parsed model."""
+    if isinstance(model, bytes):
         try:
-            model = onnx.load(str(model))
-        except Exception as exc:  # protobuf and OS errors alike
+            model = onnx.load_from_string(model)
+        except Exception as exc:  # protobuf raises its own DecodeError, and others for odd input
             raise RecoveryError(f"cannot read the decoder graph: {exc}") from exc
     graph = _Graph(model.graph)
     try:
