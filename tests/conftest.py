@@ -31,9 +31,11 @@ def model_set_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 
 @pytest.fixture
 def models(model_set_dir: tuple[Path, dict[str, DecoderWeights]], tmp_path: Path) -> Path:
-    """A private copy of the model set, so a test may damage it."""
+    """A private copy of the model set, so a test may damage it. Without the checksum records that
+    in-process loads of the shared set leave behind: every test starts from the same hand-placed files,
+    whatever ran before it."""
     dest = tmp_path / "models"
-    shutil.copytree(model_set_dir[0], dest)
+    shutil.copytree(model_set_dir[0], dest, ignore=shutil.ignore_patterns("*.sha256", ".download.lock"))
     return dest
 
 
