@@ -173,10 +173,28 @@ def test_corrupt_cached_file_is_reported_offline(server: Server, model_dir: Path
     with pytest.raises(CaptionError) as error:
         load_model_set(fc_set(), model_dir, offline=True, progress=False)
     assert str(error.value) == (
-        f"{path} is corrupt (checksum differs from the one recorded when it was downloaded); "
-        "delete it or run without --offline to fetch it again"
+        f"{path} is corrupt (checksum differs from the one recorded when it was downloaded, in "
+        "model_feat.onnx.sha256); run without --offline to fetch a good copy (the file is replaced only once "
+        "the new one is verified)"
     )
     assert len(server.requests) == 3
+
+
+def test_a_changed_record_never_costs_the_good_file(server: Server, model_dir: Path) -> None:
+    """The record, not the file, is what changed; the network is down. The good file stays, with its record."""
+    load_model_set(fc_set(), model_dir, offline=False, progress=False)
+    path, record = model_dir / "model_fc.onnx", model_dir / "model_fc.onnx.sha256"
+    good, text = path.read_bytes(), record.read_text()
+    changed = ("0" if text[0] != "0" else "1") + text[1:]
+    record.write_text(changed)
+    server.not_found.add("model_fc.onnx")  # no good copy to be had
+
+    with pytest.raises(CaptionError, match="could not download model_fc.onnx"):
+        load_model_set(fc_set(), model_dir, offline=False, progress=False)
+    assert path.read_bytes() == good and record.read_text() == changed
+    with pytest.raises(CaptionError, match=r"checksum differs .* in model_fc\.onnx\.sha256"):
+        load_model_set(fc_set(), model_dir, offline=True, progress=False)
+    assert path.read_bytes() == good and leftovers(model_dir) == []
 
 
 def test_hand_placed_files_are_checked_then_recorded(served: Path, model_dir: Path) -> None:
@@ -415,15 +433,19 @@ def test_check_file_accepts_good_content(tmp_path: Path) -> None:
         check_file(kind, path)  # type: ignore[arg-type]
 
 
-def test_corrupt_file_whose_refetch_fails_is_not_kept(server: Server, model_dir: Path) -> None:
+def test_corrupt_file_whose_refetch_fails_is_kept_and_still_condemned(server: Server, model_dir: Path) -> None:
     load_model_set(fc_set(), model_dir, offline=False, progress=False)
     _flip(model_dir / "model_fc.onnx")  # still parses as ONNX: only the checksum catches it
+    damaged = (model_dir / "model_fc.onnx").read_bytes()
     server.cut.add("model_fc.onnx")
 
     with pytest.raises(CaptionError, match="cut off"):
         load_model_set(fc_set(), model_dir, offline=False, progress=False)
 
-    # Kept without its record, the damaged file would pass the content checks on the next run.
-    assert not (model_dir / "model_fc.onnx").exists()
-    assert not (model_dir / "model_fc.onnx.sha256").exists()
+    # Nothing is deleted before a verified copy replaces it; the record still condemns the damaged file,
+    # so it can never pass as good on a later run.
+    assert (model_dir / "model_fc.onnx").read_bytes() == damaged
+    assert (model_dir / "model_fc.onnx.sha256").exists()
+    with pytest.raises(CaptionError, match="is corrupt"):
+        load_model_set(fc_set(), model_dir, offline=True, progress=False)
     assert leftovers(model_dir) == []

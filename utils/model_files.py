@@ -138,7 +138,8 @@ def _problem(file: VerifiedFile) -> str | None:
         logger.debug("comparing %s with its recorded checksum", file.path)
         if digest == recorded:
             return None
-        return "checksum differs from the one recorded when it was downloaded"
+        # Either may be the damaged one: the file, or its record. Neither is deleted on that evidence.
+        return f"checksum differs from the one recorded when it was downloaded, in {_sidecar(file.path).name}"
     # Placed here by hand (or a run stopped between saving it and recording its checksum).
     try:
         file.check()
@@ -161,13 +162,16 @@ def _fetch(f: ModelFile, path: Path, progress: bool) -> None:
     mirror = os.environ.get(MIRROR_ENV)
     if mirror and not is_https(mirror):
         raise CaptionError(f"{MIRROR_ENV} must be an https:// URL, not {mirror}")
-    # A corrupt file goes first: kept without its record, a failed fetch would leave it to pass the
-    # content checks next time. The record goes next: should the run stop after the new file lands,
-    # the old record must not condemn it.
-    path.unlink(missing_ok=True)
-    _sidecar(path).unlink(missing_ok=True)
-    digest = download(f.url, path, lambda tmp: check_file(f.kind, tmp), progress)
-    _record_sha256(path, digest)
+    # Nothing is deleted before its replacement is verified: the download lands under a temporary name,
+    # is checked, its record is written, and only then is it renamed over the old file. A failed fetch
+    # leaves the old file and its record as they were (so a mismatch is reported again next time); a run
+    # stopped between the record and the rename leaves a new record that the old file fails, and the
+    # next run fetches again.
+    def check_and_record(tmp: Path) -> None:
+        check_file(f.kind, tmp)
+        _record_sha256(path, sha256_bytes(tmp.read_bytes()))
+
+    download(f.url, path, check_and_record, progress)
 
 
 def load_file(f: ModelFile, model_dir: Path, offline: bool, progress: bool = True) -> VerifiedFile:
@@ -199,8 +203,10 @@ def _load_locked(f: ModelFile, path: Path, offline: bool, progress: bool) -> Ver
         if problem is None:
             return file
         if offline:
-            raise CaptionError(f"{path} is corrupt ({problem}); delete it or run without --offline to fetch it again")
-        logger.warning("%s is corrupt (%s); fetching it again", path, problem)
+            raise CaptionError(f"{path} is corrupt ({problem}); run without --offline to fetch a good copy "
+                               "(the file is replaced only once the new one is verified)")
+        logger.warning("%s is corrupt (%s); fetching it again (it is replaced only once the new copy is verified)",
+                       path, problem)
     _fetch(f, path, progress)
     return VerifiedFile(f.kind, path, path.read_bytes())
 
