@@ -8,7 +8,6 @@ typed values. Which of upstream's three search paths the options take is answere
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +17,17 @@ from typing import Literal
 DEFAULT_BEAM_SIZE = 5
 
 SearchPath = Literal["beam", "diverse", "sample"]
+
+# Limits that keep memory and time bounded whatever the options (README, "Limits"). Each is far beyond
+# what upstream's evaluation uses (beam 1-10, 16-20 words, A <= 1, T around 1); past them the arithmetic
+# overflows (a length penalty's power, a temperature's division) or the work grows without bound.
+MAX_BEAM_SIZE = 1000  # also the most captions (--nbest): a step over 1000 rows takes ~5 GFLOP, ~200 MB
+MAX_GROUPS = 100  # groups are decoded one after another: time grows with groups x (length + groups)
+MAX_LENGTH = 100  # words
+MAX_PENALTY_ALPHA = 10.0  # |A| of wu_A / avg_A
+TEMPERATURE_RANGE = (1e-6, 1e6)  # log-probabilities / T stay finite in float32
+MAX_DIVERSITY_LAMBDA = 1000.0  # |lambda|
+MAX_SEED = 2**63 - 1
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
@@ -32,6 +42,9 @@ class LengthPenalty:
     def __post_init__(self) -> None:
         if self.kind not in ("", "wu", "avg"):
             raise ValueError(f"length penalty kind {self.kind!r} is not '', 'wu' or 'avg'")
+        if not abs(self.alpha) <= MAX_PENALTY_ALPHA:  # also refuses nan
+            raise ValueError(f"length penalty {self.kind}_{self.alpha:g}: A must be between "
+                             f"-{MAX_PENALTY_ALPHA:g} and {MAX_PENALTY_ALPHA:g}")
 
     @classmethod
     def parse(cls, text: str) -> LengthPenalty:
@@ -138,17 +151,19 @@ class DecodingOptions:
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__} (use {kind.__name__}.parse), "
                                 f"got {getattr(self, name)!r}")
-        for name in ("beam_size", "group_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("nbest", "max_length"):
+        for name, limit in (("beam_size", MAX_BEAM_SIZE), ("group_size", MAX_GROUPS),
+                            ("nbest", MAX_BEAM_SIZE), ("max_length", MAX_LENGTH)):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if not (0 < self.temperature < math.inf):
-            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
-        if not math.isfinite(self.diversity_lambda):
-            raise ValueError(f"diversity_lambda must be a number, got {self.diversity_lambda}")
+            if value is not None and not 1 <= value <= limit:
+                raise ValueError(f"{name.replace('_', ' ')} must be between 1 and {limit}, got {value}")
+        low, high = TEMPERATURE_RANGE
+        if not low <= self.temperature <= high:  # also refuses nan
+            raise ValueError(f"temperature must be between {low:g} and {high:g}, got {self.temperature:g}")
+        if not abs(self.diversity_lambda) <= MAX_DIVERSITY_LAMBDA:
+            raise ValueError(f"diversity lambda must be between -{MAX_DIVERSITY_LAMBDA:g} and "
+                             f"{MAX_DIVERSITY_LAMBDA:g}, got {self.diversity_lambda:g}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
         if self.path == "beam" and self.group_size > self.beam_size:
             raise ValueError(
                 f"group size {self.group_size} needs a beam size of at least {self.group_size} "
