@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,11 +13,23 @@ import numpy as np
 from utils.errors import CaptionError
 
 INPUT_WIDTH = 640
+# The most pixels the feature model is given. The demo's rule only narrows images wider than 640 px, so
+# a tall narrow one (600 x 40000) reached the model whole and took gigabytes; past this bound an image
+# is shrunk further, keeping its shape. Every photo of ordinary proportions (640 wide and up to ~3200
+# tall after the demo's rule) is untouched, so its input stays exactly the demo's.
+MAX_MODEL_PIXELS = 2**21
+# The most pixels a file may decode to (README, "Limits"): OpenCV refuses larger images after reading
+# their header, before allocating anything. OpenCV reads the limit from this variable once, when it
+# is loaded, so the command line sets it before importing OpenCV.
+MAX_IMAGE_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
+MAX_IMAGE_PIXELS = 2**27  # 134 megapixels: 400 MB as 8-bit BGR; larger than any camera's photos
 # The ResNet-101's 7x7/2 stem and un-padded ceil-mode max-pool leave nothing of an input with a
 # side under 3 px, and ONNX Runtime then fails or even dies (SIGFPE); such images are enlarged.
 MIN_SIDE = 3
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+
+_BAND_ROWS = 256
 
 # ANYCOLOR|ANYDEPTH keeps grey and 16-bit data as stored, drops alpha (as the demo does) and,
 # unlike IMREAD_UNCHANGED, applies the EXIF orientation so the model sees the photo upright.
@@ -30,10 +44,23 @@ def read_image(path: Path) -> np.ndarray:
         raise CaptionError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if data.size == 0:
         raise CaptionError(f"{path} is an empty file (0 bytes)")
-    image = cv2.imdecode(data, _READ_FLAGS)
+    try:
+        image = cv2.imdecode(data, _READ_FLAGS)
+    except cv2.error as exc:
+        raise CaptionError(_decode_failure(path, exc)) from None
     if image is None:
         raise CaptionError(f"{path} is not an image OpenCV can decode (corrupt or unsupported format)")
     return image
+
+
+def _decode_failure(path: Path, exc: cv2.error) -> str:
+    if "MAX_IMAGE_PIXELS" in str(exc):
+        limit = os.environ.get(MAX_IMAGE_PIXELS_ENV, str(2**30))
+        return (f"{path} is larger than {int(limit) / 1e6:.0f} megapixels, the most this program decodes; "
+                "shrink it first")
+    if "MAX_IMAGE_WIDTH" in str(exc) or "MAX_IMAGE_HEIGHT" in str(exc):
+        return f"{path} is wider or taller than OpenCV decodes; shrink it first"
+    return f"{path} is not an image OpenCV can decode (corrupt or unsupported format)"
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -41,7 +68,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
-        return ((image.astype(np.float32) + 128.0) / 257.0).astype(np.uint8)
+        # In bands of rows: the float32 copy of a whole 134-megapixel image would take 1.6 GB.
+        out = np.empty(image.shape, np.uint8)
+        for top in range(0, image.shape[0], _BAND_ROWS):
+            band = image[top : top + _BAND_ROWS]
+            out[top : top + _BAND_ROWS] = ((band.astype(np.float32) + 128.0) / 257.0).astype(np.uint8)
+        return out
     if np.issubdtype(image.dtype, np.floating):
         return np.clip(np.nan_to_num(image) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     info = np.iinfo(image.dtype)
@@ -68,11 +100,15 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
 
 def resize_for_model(bgr: np.ndarray) -> np.ndarray:
     """Images 640 px wide or wider go to 640 px wide; narrower ones keep their size, except that
-    no side may be under MIN_SIDE px."""
+    no side may be under MIN_SIDE px and the whole may not pass MAX_MODEL_PIXELS."""
     h, w = bgr.shape[:2]
     if w >= INPUT_WIDTH:
         h, w = int(h * INPUT_WIDTH / w), INPUT_WIDTH
         bgr = cv2.resize(bgr, (w, max(1, h)))
+    if h * w > MAX_MODEL_PIXELS:
+        scale = math.sqrt(MAX_MODEL_PIXELS / (h * w))
+        h, w = max(1, int(h * scale)), max(1, int(w * scale))
+        bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
     if min(h, w) < MIN_SIDE:
         bgr = cv2.resize(bgr, (max(w, MIN_SIDE), max(h, MIN_SIDE)), interpolation=cv2.INTER_NEAREST)
     return bgr

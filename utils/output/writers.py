@@ -15,6 +15,7 @@ from typing import ClassVar, Literal, TextIO
 
 from tqdm import tqdm
 
+from utils.errors import CaptionError
 from utils.output.records import CaptionRecord, RunSummary, as_json
 
 logger = logging.getLogger("image_captioning_pytorch")
@@ -28,9 +29,10 @@ class ResultWriter:
     name: ClassVar[str]
     modes: ClassVar[frozenset[Mode]] = frozenset({"images", "video"})  # what the format can describe
 
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.reader_gone = False  # set when the stream's reader closed it (e.g. piped into `head`)
+    def __init__(self, out: TextIO | None) -> None:
+        self.out = out  # None: closed before the start (`>&-` leaves Python no sys.stdout); nothing is written
+        self.reader_gone = False  # set when the stream's reader left (piped into `head`): stop if nothing else
+
 
     def begin(self, inputs: int | None = None) -> None:
         """Called once before the first record; ``inputs``: how many images (None for video)."""
@@ -42,7 +44,7 @@ class ResultWriter:
         """Called once after the last record."""
 
     def _emit(self, text: str) -> None:
-        if self.reader_gone:
+        if self.reader_gone or self.out is None:
             return
         try:
             tqdm.write(text, file=self.out)  # clears and redraws a progress bar instead of breaking it
@@ -50,6 +52,15 @@ class ResultWriter:
         except BrokenPipeError:
             self.reader_gone = True
             _silence(self.out)
+        except (OSError, ValueError) as exc:  # a full disk or device (ENOSPC, EIO), a closed file object
+            _silence(self.out)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CaptionError(f"cannot write the captions to {_stream_name(self.out)}: {reason}") from None
+
+
+def _stream_name(out: TextIO) -> str:
+    name = getattr(out, "name", None)
+    return "standard output" if name in (None, "<stdout>") or not isinstance(name, str) else name
 
 
 def _silence(out: TextIO) -> None:
@@ -123,5 +134,5 @@ class JsonWriter(ResultWriter):
 FORMATS: dict[str, type[ResultWriter]] = {cls.name: cls for cls in (TextWriter, JsonWriter)}
 
 
-def make_writer(format_name: str, out: TextIO) -> ResultWriter:
+def make_writer(format_name: str, out: TextIO | None) -> ResultWriter:
     return FORMATS[format_name](out)

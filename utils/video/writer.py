@@ -4,6 +4,11 @@ The final name only ever holds a finished, playable video: frames go to a hidden
 file in the same folder, which is closed (so the container is finalised), flushed to disk and renamed
 when the run ends, whether by the end of the source, q/Esc, closing the window or Ctrl-C. An error
 removes it. Only a hard kill (SIGKILL, power loss) can leave a ``.part`` file behind, never a half video.
+
+OpenCV's writer reports no write errors: on a full disk it goes on "writing" and leaves a truncated,
+unplayable file. So free space is watched while writing, and before the rename the finished file is
+opened again and must hold every frame written; otherwise it is removed with an error, and whatever
+was at the final name before is left as it was.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ from utils.errors import CaptionError
 from utils.output.paths import check_writable_folder, never_an_input
 
 logger = logging.getLogger(__name__)
+
+SPACE_CHECK_FRAMES = 25  # frames between two looks at the free space
+# Stop when the free space would hold fewer frames than this (at the file's bytes per frame so far),
+# plus the container's closing index.
+SPACE_MARGIN_FRAMES = 8
+SPACE_MARGIN_BYTES = 1 << 16
 
 # Codecs every OpenCV build with FFmpeg writes. mp4v (MPEG-4 part 2) plays almost anywhere; MJPG keeps
 # every frame independent, so even a file cut short by a crash decodes up to its last frame.
@@ -69,6 +80,20 @@ class VideoFileWriter:
         assert self._writer is not None, "write after finish or abort"
         self._writer.write(image)
         self.frames += 1
+        if self.frames % SPACE_CHECK_FRAMES == 0:
+            self._check_space()
+
+    def _check_space(self) -> None:
+        assert self._tmp is not None
+        try:
+            written = self._tmp.stat().st_size
+            disk = os.statvfs(self._tmp.parent)
+        except OSError:
+            return  # not knowable here; the final check still decides
+        free = disk.f_bavail * disk.f_frsize
+        if written and free < SPACE_MARGIN_FRAMES * written / self.frames + SPACE_MARGIN_BYTES:
+            raise CaptionError(f"cannot write {self.dest}: the disk is full ({free // 1024} KiB left after "
+                               f"{self.frames} frames); nothing was saved, free some space or save elsewhere")
 
     def finish(self) -> bool:
         """Close the file and give it its final name; False (and nothing written) if it has no frames."""
@@ -80,11 +105,17 @@ class VideoFileWriter:
             tmp.unlink(missing_ok=True)
             return False
         try:
+            problem = _incomplete(tmp, self.frames)
+            if problem is not None:
+                raise CaptionError(f"cannot write {self.dest}: {problem} (is the disk full?); nothing was saved")
             with open(tmp, "rb+") as out:
                 commit(out, tmp, self.dest)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise CaptionError(f"cannot write {self.dest}: {exc.strerror or exc}") from exc
+            raise CaptionError(f"cannot write {self.dest}: {exc.strerror or exc}; nothing was saved") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return True
 
     def abort(self) -> None:
@@ -98,3 +129,20 @@ class VideoFileWriter:
         if self._writer is not None:
             self._writer.release()  # finalises the container (an mp4's index is written here)
             self._writer = None
+
+
+def _incomplete(path: Path, frames: int) -> str | None:
+    """Why the closed video at ``path`` does not hold ``frames`` decodable frames, or None."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return "the written video cannot be opened again"
+        counted = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        if counted != frames:
+            return f"the written video holds {counted} of its {frames} frames"
+        capture.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+        if not capture.read()[0]:
+            return "the written video's last frame cannot be decoded"
+    finally:
+        capture.release()
+    return None
