@@ -151,11 +151,11 @@ class DecodingOptions:
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__} (use {kind.__name__}.parse), "
                                 f"got {getattr(self, name)!r}")
-        for name, limit in (("beam_size", MAX_BEAM_SIZE), ("group_size", MAX_GROUPS),
-                            ("nbest", MAX_BEAM_SIZE), ("max_length", MAX_LENGTH)):
+        for name, most in (("beam_size", MAX_BEAM_SIZE), ("group_size", MAX_GROUPS),
+                           ("nbest", MAX_BEAM_SIZE), ("max_length", MAX_LENGTH)):
             value = getattr(self, name)
-            if value is not None and not 1 <= value <= limit:
-                raise ValueError(f"{name.replace('_', ' ')} must be between 1 and {limit}, got {value}")
+            if value is not None and not 1 <= value <= most:
+                raise ValueError(f"{name.replace('_', ' ')} must be between 1 and {most}, got {value}")
         low, high = TEMPERATURE_RANGE
         if not low <= self.temperature <= high:  # also refuses nan
             raise ValueError(f"temperature must be between {low:g} and {high:g}, got {self.temperature:g}")
