@@ -21,7 +21,10 @@ def is_image_name(path: Path) -> bool:
 
 
 def _folder_images(folder: Path, name: str) -> list[InputItem]:
-    found = sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p))
+    try:
+        found = sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p))
+    except OSError as exc:
+        return [InputItem(name, None, f"cannot list folder {name}: {exc.strerror or exc}")]
     if not found:
         kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         return [InputItem(name, None, f"folder {name} has no images ({kinds})")]
@@ -44,8 +47,11 @@ def expand_inputs(specs: list[str]) -> list[InputItem]:
         path = Path(spec)
         if path.is_dir():
             items += _folder_images(path, spec)
-        elif path.exists():
+        elif path.is_file():
             items.append(InputItem(spec, path))
+        elif path.exists():
+            # A FIFO with no writer would block the read forever; a device or socket is no image file.
+            items.append(InputItem(spec, None, f"{spec} is not a regular file (a pipe, device or socket)"))
         elif glob.has_magic(spec):
             items += _pattern_images(spec)
         else:

@@ -238,6 +238,8 @@ def load_model_set(
     """
     wanted = ms.all if files is None else files
     model_dir = model_dir.absolute()
+    if model_dir.exists() and not model_dir.is_dir():
+        raise CaptionError(f"the model folder {model_dir} is a file, not a folder; give --model-dir a folder")
     if offline:
         missing = [f for f in wanted if not (model_dir / f.name).exists()]
         if missing:

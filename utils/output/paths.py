@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -30,8 +31,17 @@ def check_writable_folder(folder: Path) -> None:
         raise CaptionError(f"cannot save into {folder}: the folder does not exist")
     if not folder.is_dir():
         raise CaptionError(f"cannot save into {folder}: it is not a folder")
+    if read_only_file_system(folder):
+        raise CaptionError(f"cannot save into {folder}: it is on a read-only file system; choose another --savepath")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CaptionError(f"cannot save into {folder}: permission denied; choose another --savepath")
+
+
+def read_only_file_system(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
 
 
 def never_an_input(outputs: list[Path], inputs: list[Path]) -> None:
@@ -55,9 +65,11 @@ def plan_outputs(inputs: list[Path], savepath: Path, many: bool) -> list[Path]:
     """Output path for each input: ``savepath`` itself for one input (or a file of the same name
     inside it if it is a folder), otherwise a file of the input's name inside folder ``savepath``.
     Checked before any work: writable, an image format, never an input, never two inputs to one file."""
+    created: list[Path] = []
     if many or savepath.is_dir():
         if savepath.exists() and not savepath.is_dir():
             raise CaptionError(f"--savepath {savepath} is a file; with several inputs it must be a folder")
+        created = [p for p in (savepath, *savepath.parents) if not p.exists()]
         try:
             savepath.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -65,6 +77,17 @@ def plan_outputs(inputs: list[Path], savepath: Path, many: bool) -> list[Path]:
         outputs = [savepath / p.name for p in inputs]
     else:
         outputs = [savepath]
+    try:
+        _check_plan(inputs, outputs)
+    except CaptionError:
+        for folder in created:  # a refused plan leaves no trace (the folders are still empty)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return outputs
+
+
+def _check_plan(inputs: list[Path], outputs: list[Path]) -> None:
     check_writable_folder(outputs[0].parent)
     never_an_input(outputs, inputs)
     seen: dict[Path, Path] = {}
@@ -74,4 +97,3 @@ def plan_outputs(inputs: list[Path], savepath: Path, many: bool) -> list[Path]:
         if target in seen:
             raise CaptionError(f"inputs {seen[target]} and {src} would both be saved as {out}; save them separately")
         seen[target] = src
-    return outputs

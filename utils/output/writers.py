@@ -83,6 +83,14 @@ def format_time(seconds: float) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: control characters (a newline in a file name) written as \\xNN escapes."""
+    return text.translate(_CONTROL)
+
+
 class TextWriter(ResultWriter):
     """For people: the caption (prefixed by the image's name when there are several, by the time in
     video), its n-best list, a benchmark table at the end. Failed images go to the log (stderr)."""
@@ -94,15 +102,15 @@ class TextWriter(ResultWriter):
 
     def write(self, record: CaptionRecord) -> None:
         if record.result is None:
-            logger.error("%s", record.error)
+            logger.error("%s", printable(record.error or ""))
             return
-        caption = record.result.caption
+        caption = printable(record.result.caption)
         if record.video is not None:
             line = f"{format_time(record.video.time)} {caption}"
         else:
-            line = f"{record.input}: {caption}" if self._names else caption
+            line = f"{printable(record.input)}: {caption}" if self._names else caption
         for rank, ranked in enumerate(record.result.nbest or [], start=1):
-            line += f"\n  {rank}. {ranked.score:.4f}  {ranked.caption}"
+            line += f"\n  {rank}. {ranked.score:.4f}  {printable(ranked.caption)}"
         self._emit(line)
 
     def end(self, summary: RunSummary) -> None:

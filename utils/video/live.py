@@ -43,6 +43,9 @@ def caption_frame(caption: CaptionFn, frame: Frame) -> CaptionEvent:
     return CaptionEvent(frame, result, started, time.monotonic())
 
 
+MAX_WAIT_S = 3600.0
+
+
 class LatestFrameWorker:
     """Captions the most recent posted frame, one at a time, in a background thread.
 
@@ -94,19 +97,24 @@ class LatestFrameWorker:
                 if self._slot is not None and now >= not_before:
                     frame, self._slot = self._slot, None
                     return frame
-                self._cond.wait(None if self._slot is None else not_before - now)
+                # Waits are capped: a huge interval must not overflow the timeout (it only delays).
+                self._cond.wait(None if self._slot is None else min(not_before - now, MAX_WAIT_S))
             return None
 
     def _run(self) -> None:
+        # Any failure, in the model or in the worker's own bookkeeping, is handed to the display loop,
+        # which ends the run with it: a worker that died quietly would leave the video without captions.
+        try:
+            self._loop()
+        except BaseException as exc:
+            with self._cond:
+                self._error = exc
+
+    def _loop(self) -> None:
         not_before = 0.0
         while (frame := self._take(not_before)) is not None:
             self.taken += 1
-            try:
-                event = caption_frame(self._caption, frame)
-            except BaseException as exc:  # handed to the display loop, which reports it
-                with self._cond:
-                    self._error = exc
-                return
+            event = caption_frame(self._caption, frame)
             not_before = event.started + self._min_interval
             with self._cond:
                 self._latest = event
