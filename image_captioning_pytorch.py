@@ -21,6 +21,7 @@ from utils.decoding.cli import add_decoding_arguments, decoding_options, decodin
 from utils.errors import CaptionError
 from utils.images import ImageJob, run_images
 from utils.output.writers import FORMATS
+from utils.quantization import PRECISIONS
 from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments
 from utils.video.job import DEFAULT_INTERVAL, VideoJob
 from utils.video.run import run_video
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference runtime; auto uses the ailia SDK when it works, else ONNX Runtime")
     p.add_argument("--onnx", dest="backend", action="store_const", const="onnxruntime",
                    help="same as --backend onnxruntime")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default): the published models, exactly; int8: the feature model quantized "
+                        "for this CPU, several times faster, made from the fp32 file on first use and cached "
+                        "(ONNX Runtime only; see README, int8)")
     p.add_argument("-e", "--env_id", type=int, default=None, help="ailia execution environment id (see --env_list)")
     p.add_argument("--env_list", action="store_true", help="list the ailia execution environments and exit")
     p.add_argument("--memory_mode", type=int, default=None, help="ailia memory mode, passed to ailia.Net as is")
@@ -103,6 +108,12 @@ def video_usage_errors(args: argparse.Namespace) -> str | None:
     return f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to video (-v)" if used else None
 
 
+def precision_usage_error(args: argparse.Namespace) -> str | None:
+    if args.precision == "int8" and args.backend == "ailia":
+        return "--precision int8 runs on ONNX Runtime only: use --backend onnxruntime or auto, or --precision fp32"
+    return None
+
+
 def format_usage_error(args: argparse.Namespace) -> str | None:
     mode = "video" if args.video is not None else "images"
     modes = FORMATS[args.format].modes
@@ -142,7 +153,8 @@ def video_job(args: argparse.Namespace) -> VideoJob:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (problem := video_usage_errors(args) or format_usage_error(args) or decoding_usage_error(args)):
+    if (problem := video_usage_errors(args) or format_usage_error(args) or precision_usage_error(args)
+            or decoding_usage_error(args)):
         parser.error(problem)
     configure_logging(args.debug)
     try:
@@ -154,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             model_dir=args.model_dir,
             runtime=RuntimeOptions(backend=args.backend, env_id=args.env_id, memory_mode=args.memory_mode),
             offline=args.offline,
+            precision=args.precision,
         )
         if args.video is not None:
             return run_video(video_job(args), options)

@@ -16,6 +16,8 @@ from utils.decoding.options import DecodingOptions
 from utils.errors import CaptionError
 from utils.model_files import VerifiedFile, load_model_set
 from utils.preprocess import preprocess
+from utils.quantization import PRECISIONS, Precision
+from utils.quantization.features import int8_feature_model
 from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, RuntimeOptions, first_input, require_ailia
 from vocab import Vocabulary
 
@@ -28,7 +30,14 @@ class CaptionerOptions:
     model_dir: Path | None = None  # None: $IMAGE_CAPTIONING_MODEL_DIR or the project's models/
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     offline: bool = False  # never download; report missing or corrupt files instead
-    progress: bool = True  # download progress bars on a terminal
+    progress: bool = True  # download progress bars on a terminal; the one-line note while an int8 model is made
+    # fp32: the published models, exactly. int8: the feature model quantized for this CPU (made from the
+    # fp32 file on first use and cached in the model folder; README, "int8"); ONNX Runtime only.
+    precision: Precision = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,11 @@ class Captioner:
         """The (1, F) image vector of a BGR image."""
         return self._run_features(preprocess(image))
 
+    def caption_features(self, fc: np.ndarray, options: DecodingOptions | None = None) -> str:
+        """The caption of a (1, F) feature vector as ``features`` returns it (to compare feature models)."""
+        options = options or DecodingOptions()
+        return self.vocab.caption(self._decoder(fc, options).indices, options.remove_bad_endings)
+
     def _run_features(self, chw: np.ndarray) -> np.ndarray:
         # The published model returns a bare (F,) vector; the decoder takes a batch of one.
         return np.ascontiguousarray(self._feature.run({self._feature_input: chw})[0], np.float32).reshape(1, -1)
@@ -112,7 +126,14 @@ def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabu
     files = load_model_set(required, model_dir, options.offline, options.progress)
     vocab = files[required.vocab.name].vocabulary()
     feature, decoder = files[required.feature[0].name], files[required.decoder[0].name]
-    if backend in ("ailia", "auto"):
+    if options.precision == "int8":
+        if backend == "ailia":
+            raise CaptionError("int8 precision runs on ONNX Runtime only, not on the ailia SDK; "
+                               "use the onnxruntime or auto backend, or fp32 precision")
+        if backend == "auto":
+            logger.warning("int8 precision runs on ONNX Runtime; the ailia SDK is not tried")
+        feature = int8_feature_model(feature, options.progress)
+    elif backend in ("ailia", "auto"):
         try:
             return _load_ailia(options, model_dir, feature, decoder), vocab
         except CaptionError as exc:
