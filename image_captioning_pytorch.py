@@ -6,26 +6,44 @@ A thin command line over the ``utils`` package; see README.md for every option.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
+import signal
 import sys
-from pathlib import Path
 
-import cv2
 
-from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV
-from utils.arg_types import positive_int, positive_number
-from utils.captioner import CaptionerOptions
-from utils.decoding.cli import add_decoding_arguments, decoding_options, decoding_usage_error
-from utils.errors import CaptionError
-from utils.images import ImageJob, run_images
-from utils.output.writers import FORMATS
-from utils.quantization import PRECISIONS
-from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments
-from utils.video.job import DEFAULT_INTERVAL, VideoJob
-from utils.video.run import run_video
+def _quit_on_ctrl_c(signum: int, _frame: object) -> None:
+    os.write(2, b"ERROR: interrupted\n")
+    os._exit(128 + signum)
 
+
+if __name__ == "__main__":
+    # Ctrl-C while the libraries below load (seconds, on a cold disk) ends the program at once, with
+    # nothing to clean up yet; main() puts the normal KeyboardInterrupt back before any work starts.
+    signal.signal(signal.SIGINT, _quit_on_ctrl_c)
+    from utils.limits import apply_decoding_limit
+
+    apply_decoding_limit()  # OpenCV reads it once, when it loads
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+
+from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV  # noqa: E402
+from utils.arg_types import int_up_to, positive_number  # noqa: E402
+from utils.captioner import CaptionerOptions  # noqa: E402
+from utils.decoding.cli import add_decoding_arguments, decoding_options, decoding_usage_error  # noqa: E402
+from utils.errors import CaptionError  # noqa: E402
+from utils.images import ImageJob, run_images  # noqa: E402
+from utils.output.writers import FORMATS, printable  # noqa: E402
+from utils.quantization import PRECISIONS  # noqa: E402
+from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments  # noqa: E402
+from utils.video.job import DEFAULT_INTERVAL, VideoJob  # noqa: E402
+from utils.video.run import run_video  # noqa: E402
+
+MAX_BENCHMARK_COUNT = 1000  # runs per image with -b (README, "Limits")
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "samples" / "chelsea.png"
 
 logger = logging.getLogger("image_captioning_pytorch")
@@ -68,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="never download; fail if a model file is missing")
     p.add_argument("-b", "--benchmark", action="store_true",
                    help="time each stage (load, read, preprocess, features, decode, save)")
-    p.add_argument("-bc", "--benchmark_count", type=positive_int, default=5, metavar="N",
+    p.add_argument("-bc", "--benchmark_count", type=int_up_to(MAX_BENCHMARK_COUNT), default=5, metavar="N",
                    help="runs per image with --benchmark (default 5)")
     p.add_argument("--debug", action="store_true", help="log details to stderr")
     add_video_arguments(p)
@@ -106,6 +124,15 @@ def video_usage_errors(args: argparse.Namespace) -> str | None:
                                   ("--live", args.live), ("--hud", args.hud), ("--no-display", not args.display)]
             if on]
     return f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to video (-v)" if used else None
+
+
+def backend_usage_error(args: argparse.Namespace) -> str | None:
+    ailia_only = [flag for flag, value in (("-e/--env_id", args.env_id), ("--memory_mode", args.memory_mode))
+                  if value is not None]
+    if ailia_only and args.backend == "onnxruntime":
+        verb = "applies" if len(ailia_only) == 1 else "apply"
+        return f"{' and '.join(ailia_only)} only {verb} to the ailia SDK, not to ONNX Runtime"
+    return None
 
 
 def precision_usage_error(args: argparse.Namespace) -> str | None:
@@ -151,10 +178,12 @@ def video_job(args: argparse.Namespace) -> VideoJob:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if signal.getsignal(signal.SIGINT) is _quit_on_ctrl_c:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
     if (problem := video_usage_errors(args) or format_usage_error(args) or precision_usage_error(args)
-            or decoding_usage_error(args)):
+            or backend_usage_error(args) or decoding_usage_error(args)):
         parser.error(problem)
     configure_logging(args.debug)
     try:
@@ -179,12 +208,45 @@ def main(argv: list[str] | None = None) -> int:
         )
         return run_images(job, options)
     except CaptionError as exc:
-        logger.error("%s", exc)
+        logger.error("%s", printable(str(exc)))
         return 1
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
+    except Exception as exc:
+        if any(isinstance(e, KeyboardInterrupt) for e in _chain(exc)):  # Ctrl-C inside a library's import
+            logger.error("interrupted")
+            return 130
+        # Not a problem with the input: a bug. One line still, the traceback with --debug.
+        logger.debug("%s", "".join(traceback.format_exception(exc)))
+        logger.error("internal error: %s: %s (run with --debug for details)", type(exc).__name__,
+                     printable(str(exc).strip().splitlines()[0] if str(exc).strip() else ""))
+        return 1
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _exit(status: int) -> None:
+    """Exit with ``status``. After an interruption a model thread may still be inside ONNX Runtime, and
+    the interpreter's normal shutdown would destroy the runtime under it (SIGABRT); by now every file of
+    ours is complete or removed, so the process ends without that shutdown."""
+    if status < 128:
+        sys.exit(status)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

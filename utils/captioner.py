@@ -75,9 +75,25 @@ class Captioner:
         self.vocab: Vocabulary = vocab
         self._feature = nets.feature
         self._feature_input = first_input(nets.feature)
-        self._decoder = CaptionDecoder(GreedyGraphDecoder(nets.decoder), nets.decoder_file.onnx_model(), vocab.words,
+        self._graph = GreedyGraphDecoder(nets.decoder)
+        self._decoder = CaptionDecoder(self._graph, nets.decoder_file.onnx_model(), vocab.words,
                                        name=nets.decoder_file.path.name)
+        self._check_roles(nets)
         self.load_ms = 1e3 * (time.perf_counter() - start)
+
+    def _check_roles(self, nets: _Networks) -> None:
+        """Run both models once on a tiny image, so that a valid model file in the wrong place (a decoder
+        where the feature model belongs, a feature model of another width) is found at load, in one
+        line naming the file, instead of failing every image."""
+        try:
+            fc = self.features(np.zeros((8, 8, 3), np.uint8))
+        except CaptionError as exc:
+            raise CaptionError(f"{exc}; is {nets.feature.name} the feature model (model_feat.onnx)?") from None
+        try:
+            self._graph.run(fc)
+        except CaptionError as exc:
+            raise CaptionError(f"{exc}; is {nets.decoder.name} a decoder that takes this feature model's "
+                               f"{fc.shape[1]} values?") from None
 
     @property
     def model(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 
 from utils.errors import CaptionError
+from utils.limits import decoding_limit
 
 INPUT_WIDTH = 640
 # The most pixels the feature model is given. The demo's rule only narrows images wider than 640 px, so
@@ -18,11 +18,6 @@ INPUT_WIDTH = 640
 # is shrunk further, keeping its shape. Every photo of ordinary proportions (640 wide and up to ~3200
 # tall after the demo's rule) is untouched, so its input stays exactly the demo's.
 MAX_MODEL_PIXELS = 2**21
-# The most pixels a file may decode to (README, "Limits"): OpenCV refuses larger images after reading
-# their header, before allocating anything. OpenCV reads the limit from this variable once, when it
-# is loaded, so the command line sets it before importing OpenCV.
-MAX_IMAGE_PIXELS_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
-MAX_IMAGE_PIXELS = 2**27  # 134 megapixels: 400 MB as 8-bit BGR; larger than any camera's photos
 # The ResNet-101's 7x7/2 stem and un-padded ceil-mode max-pool leave nothing of an input with a
 # side under 3 px, and ONNX Runtime then fails or even dies (SIGFPE); such images are enlarged.
 MIN_SIDE = 3
@@ -55,8 +50,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def _decode_failure(path: Path, exc: cv2.error) -> str:
     if "MAX_IMAGE_PIXELS" in str(exc):
-        limit = os.environ.get(MAX_IMAGE_PIXELS_ENV, str(2**30))
-        return (f"{path} is larger than {int(limit) / 1e6:.0f} megapixels, the most this program decodes; "
+        return (f"{path} is larger than {decoding_limit() / 1e6:.0f} megapixels, the most this program decodes; "
                 "shrink it first")
     if "MAX_IMAGE_WIDTH" in str(exc) or "MAX_IMAGE_HEIGHT" in str(exc):
         return f"{path} is wider or taller than OpenCV decodes; shrink it first"

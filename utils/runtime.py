@@ -33,6 +33,7 @@ class Network(Protocol):
     """One loaded model; names come from the model file, never from this program."""
 
     backend: str
+    name: str  # the file, for messages
     input_names: list[str]
     output_names: list[str]
 
@@ -59,11 +60,15 @@ class OnnxRuntimeNetwork:
         except Exception as exc:  # ORT raises several unrelated types for a bad file
             label = name or (str(model) if isinstance(model, Path) else "the model")
             raise CaptionError(f"ONNX Runtime cannot load {label}: {exc}") from exc
+        self.name = name or (model.name if isinstance(model, Path) else "the model")
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return list(self._session.run(None, feeds))
+        try:
+            return list(self._session.run(None, feeds))
+        except Exception as exc:  # a model that does not take this input: the wrong file in its place
+            raise CaptionError(f"ONNX Runtime cannot run {self.name}: {_first_line(exc)}") from exc
 
 
 class AiliaNetwork:
@@ -81,11 +86,20 @@ class AiliaNetwork:
             self._net = ailia.Net(str(prototxt), str(onnx_path), **kwargs)
         except Exception as exc:
             raise CaptionError(f"the ailia SDK cannot load {onnx_path.name}: {ailia_failure(exc)}") from exc
+        self.name = onnx_path.name
         self.input_names = [self._net.get_blob_name(i) for i in self._net.get_input_blob_list()]
         self.output_names = [self._net.get_blob_name(i) for i in self._net.get_output_blob_list()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o) for o in self._net.run(feeds)]
+        try:
+            return [np.asarray(o) for o in self._net.run(feeds)]
+        except Exception as exc:
+            raise CaptionError(f"the ailia SDK cannot run {self.name}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def ailia_failure(exc: BaseException) -> str:
