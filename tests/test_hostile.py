@@ -324,3 +324,18 @@ def test_ctrl_c_mid_batch_leaves_only_complete_images(models: Path, tmp_path: Pa
     assert leftovers(out) == []
     for saved in out.iterdir():
         assert cv2.imread(str(saved)) is not None
+
+
+def test_decoder_library_warnings_stay_off_stderr(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
+    """libpng prints 'libpng warning: ...' itself for harmless defects; the image still decodes."""
+    import struct
+    import zlib
+
+    data = SAMPLE.read_bytes()
+    end_of_header = 8 + 8 + 13 + 4
+    text = b"tEXt" + b"Comment\x00hello"
+    bad_crc = struct.pack(">I", len(text) - 4) + text + struct.pack(">I", (zlib.crc32(text) + 1) & 0xFFFFFFFF)
+    damaged = tmp_path / "damaged_text_chunk.png"
+    damaged.write_bytes(data[:end_of_header] + bad_crc + data[end_of_header:])
+    proc = run_cli("-i", damaged, *flags(models))
+    assert proc.returncode == 0 and proc.stdout.strip() and proc.stderr == ""
