@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
 from utils.preprocess import read_image  # noqa: E402
+from utils.quantization import Precision  # noqa: E402
 from utils.runtime import RuntimeOptions  # noqa: E402
 from utils.video.job import VideoJob, VideoStats  # noqa: E402
 from utils.video.loops import process_video  # noqa: E402
@@ -114,15 +115,21 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help="also write the annotated video (mp4v) in each run")
     parser.add_argument("--compare", action="store_true",
                         help="also run ONNX Runtime as image mode does (spinning threads) and with one thread")
+    parser.add_argument("--int8", action="store_true", help="also run with --precision int8 (video mode's settings)")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object as well")
     args = parser.parse_args()
     ensure_models(args.models)
-    configs = {"": RuntimeOptions(backend="onnxruntime", spin_wait=False)}  # what video mode uses
+    video_mode = RuntimeOptions(backend="onnxruntime", spin_wait=False)
+    configs: dict[str, tuple[RuntimeOptions, Precision]] = {"": (video_mode, "fp32")}  # what video mode uses
+    if args.int8:
+        configs["int8, "] = (video_mode, "int8")
     if args.compare:
-        configs["ORT spinning, "] = RuntimeOptions(backend="onnxruntime")
-        configs["ORT 1 thread, "] = RuntimeOptions(backend="onnxruntime", spin_wait=False, intra_op_threads=1)
-    captioners = {k: Captioner(CaptionerOptions(model_dir=args.models, offline=True, progress=False, runtime=r))
-                  for k, r in configs.items()}
+        configs["ORT spinning, "] = (RuntimeOptions(backend="onnxruntime"), "fp32")
+        configs["ORT 1 thread, "] = (RuntimeOptions(backend="onnxruntime", spin_wait=False, intra_op_threads=1),
+                                     "fp32")
+    captioners = {k: Captioner(CaptionerOptions(model_dir=args.models, offline=True, progress=False, runtime=r,
+                                                precision=precision))
+                  for k, (r, precision) in configs.items()}
     runs = [(k, name, sync) for k in configs for name, sync in (("live (worker)", False), ("demo loop --sync", True))]
     rows: dict[str, list[dict[str, float]]] = {f"{k}{name}": [] for k, name, _ in runs}
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,6 +16,8 @@ from tests.conftest import ROOT, SAMPLE, SCRIPT, RunCli, cli_env
 from tests.test_int8_cache import cached_paths, leftovers
 from tests.video_helpers import make_video
 from utils.model_files import sha256_bytes
+from utils.quantization.decoder import int8_decoder_path, int8_decoder_pays
+from utils.quantization.methods import cpu_flags
 
 OFFLINE = ("--offline", "--precision", "int8")
 
@@ -35,11 +37,10 @@ def test_int8_captions_end_to_end_offline(run_cli: RunCli, models: Path, photos:
     progress = [line for line in proc.stderr.splitlines() if line.startswith("making the int8 feature model")]
     assert len(progress) == 1 and progress[0].endswith(" s)")  # "... done (0.3 s)"
     assert all(p.exists() for p in cached_paths(models))
-
-    fp32 = run_cli("-i", *photos, "--model-dir", models, "--offline", "--onnx", "--json")
-    same = sum(json.loads(a)["caption"] == json.loads(b)["caption"]
-               for a, b in zip(proc.stdout.splitlines(), fp32.stdout.splitlines(), strict=True))
-    assert same >= len(photos) - 1  # features within cosine 0.9999: captions almost always equal
+    # Where it pays (VNNI), the decoder is int8 too, cached beside its source; beam search ran on it with the
+    # int8 step model (a failed replay check would have added a warning above). Captions may then differ
+    # from fp32 (README, int8): the random test decoders change theirs on the smallest difference.
+    assert int8_decoder_path(models / "model_fc_nsc.onnx").exists() == int8_decoder_pays(cpu_flags())
 
 
 def test_second_run_reuses_the_cache(run_cli: RunCli, models: Path) -> None:
@@ -213,6 +214,9 @@ def test_each_file_is_read_once_with_int8(models: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     path, record = cached_paths(models)
     expected = {record.name: 1, path.name: 1, "model_fc_nsc.onnx": 1, "model_feat.onnx": 1, "vocab.json": 1}
+    if int8_decoder_pays(cpu_flags()):
+        decoder = int8_decoder_path(models / "model_fc_nsc.onnx")
+        expected.update({decoder.name: 1, decoder.with_suffix(".json").name: 1})
     assert proc.stdout.strip() == str(dict(sorted(expected.items())))
 
 

@@ -10,14 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from models import DEFAULT_DECODER, ModelFile, default_model_dir, model_set
-from utils.decoding.decoder import CaptionDecoder
+from utils.decoding.decoder import CaptionDecoder, StepModelFactory
 from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions
+from utils.decoding.step_model import OrtStepModel
 from utils.errors import CaptionError
 from utils.model_files import VerifiedFile, load_model_set
 from utils.preprocess import preprocess
 from utils.quantization import PRECISIONS, Precision
+from utils.quantization.decoder import int8_decoder_model, int8_decoder_pays, int8_step_model
 from utils.quantization.features import int8_feature_model
+from utils.quantization.methods import cpu_flags
 from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, RuntimeOptions, first_input, require_ailia
 from vocab import Vocabulary
 
@@ -60,7 +63,8 @@ class RankedCaption:
 class _Networks:
     feature: Network
     decoder: Network
-    decoder_file: VerifiedFile  # the decoder's ONNX file, whose weights beam search recovers
+    decoder_file: VerifiedFile  # the published (fp32) decoder file, whose weights beam search recovers
+    step_model: StepModelFactory = OrtStepModel  # beam search's step model: int8 beside an int8 decoder
 
 
 class Captioner:
@@ -77,7 +81,7 @@ class Captioner:
         self._feature_input = first_input(nets.feature)
         self._graph = GreedyGraphDecoder(nets.decoder)
         self._decoder = CaptionDecoder(self._graph, nets.decoder_file.onnx_model(), vocab.words,
-                                       name=nets.decoder_file.path.name)
+                                       name=nets.decoder_file.path.name, step_model=nets.step_model)
         self._check_roles(nets)
         self.load_ms = 1e3 * (time.perf_counter() - start)
 
@@ -149,6 +153,10 @@ def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabu
         if backend == "auto":
             logger.warning("int8 precision runs on ONNX Runtime; the ailia SDK is not tried")
         feature = int8_feature_model(feature, options.progress)
+        if int8_decoder_pays(cpu_flags()):
+            return _onnxruntime_networks(options, feature, int8_decoder_model(decoder, options.progress),
+                                         decoder, int8_step_model), vocab
+        logger.debug("the decoder stays fp32 on this CPU (no VNNI)")
     elif backend in ("ailia", "auto"):
         try:
             return _load_ailia(options, model_dir, feature, decoder), vocab
@@ -156,12 +164,19 @@ def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabu
             if backend == "ailia":
                 raise
             logger.warning("ailia SDK not used: %s. Running on ONNX Runtime instead.", exc)
-    nets = _Networks(
+    return _onnxruntime_networks(options, feature, decoder, decoder), vocab
+
+
+def _onnxruntime_networks(options: CaptionerOptions, feature: VerifiedFile, decoder: VerifiedFile,
+                          published_decoder: VerifiedFile, step_model: StepModelFactory = OrtStepModel) -> _Networks:
+    """``decoder`` runs; ``published_decoder`` is the file its weights are recovered from (the same file
+    at fp32; for the int8 decoder, the fp32 file it was made from, which ``step_model`` quantizes alike)."""
+    return _Networks(
         feature=OnnxRuntimeNetwork(feature.data, options.runtime, name=str(feature.path)),
         decoder=OnnxRuntimeNetwork(decoder.data, options.runtime, name=str(decoder.path)),
-        decoder_file=decoder,
+        decoder_file=published_decoder,
+        step_model=step_model,
     )
-    return nets, vocab
 
 
 def _load_ailia(options: CaptionerOptions, model_dir: Path, feature: VerifiedFile,

@@ -41,8 +41,16 @@ class VerifiedFile:
         self.kind = kind
         self.path = path
         self.data = data
+        self._sha256: str | None = None
         self._onnx: onnx.ModelProto | None = None
         self._vocabulary: Vocabulary | None = None
+
+    @property
+    def sha256(self) -> str:
+        """The content's SHA-256 (hex), computed once."""
+        if self._sha256 is None:
+            self._sha256 = sha256_bytes(self.data)
+        return self._sha256
 
     def onnx_model(self) -> onnx.ModelProto:
         """The parsed ONNX model; CaptionError (the reason only) if it is not one."""
@@ -133,7 +141,7 @@ def _record_sha256(path: Path, digest: str) -> None:
 def _problem(file: VerifiedFile) -> str | None:
     """Why the file just read cannot be used, or None when it is fine."""
     recorded = _recorded_sha256(file.path)
-    digest = sha256_bytes(file.data)
+    digest = file.sha256
     if recorded is not None:
         logger.debug("comparing %s with its recorded checksum", file.path)
         if digest == recorded:

@@ -12,6 +12,7 @@ The word embedding lookup is a plain row copy in numpy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -87,7 +88,9 @@ def image_graph(w: DecoderWeights) -> onnx.ModelProto:
 class OrtStepModel:
     """docs/models.md §5 as two small ONNX Runtime sessions: the image embedding, and one LSTM + logit step."""
 
-    def __init__(self, w: DecoderWeights) -> None:
+    def __init__(self, w: DecoderWeights, quantize: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None) -> None:
+        """``quantize`` rewrites both graphs before their sessions are made: the int8 decoder
+        (utils/quantization/decoder.py), which must make them what it made the traced graph they are checked against."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -99,8 +102,11 @@ class OrtStepModel:
         self.n_tokens = w.n_tokens
         self._embed = w.embed
         self._r = w.rnn_size
-        self._image = ort.InferenceSession(image_graph(w).SerializeToString(), opts, providers=providers)
-        self._step = ort.InferenceSession(step_graph(w).SerializeToString(), opts, providers=providers)
+        image, step = image_graph(w), step_graph(w)
+        if quantize is not None:
+            image, step = quantize(image), quantize(step)
+        self._image = ort.InferenceSession(image.SerializeToString(), opts, providers=providers)
+        self._step = ort.InferenceSession(step.SerializeToString(), opts, providers=providers)
 
     def _run(self, x: F32, h: F32, c: F32) -> tuple[F32, State]:
         lp, h_out, c_out = self._step.run(None, {"x": x, "h": h, "c": c})

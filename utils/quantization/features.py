@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from utils.errors import CaptionError
-from utils.model_files import VerifiedFile, sha256_bytes
+from utils.model_files import VerifiedFile
 from utils.quantization.cache import Built, DerivedFile, make_or_reuse
 from utils.quantization.calibration import (
     SAMPLES_DIR,
@@ -57,7 +57,7 @@ def feature_recipe(source: VerifiedFile, method: QuantMethod, photos: Sequence[C
 
     return {
         "recipe_version": RECIPE_VERSION,
-        "source_model": {"name": source.path.name, "sha256": sha256_bytes(source.data)},
+        "source_model": {"name": source.path.name, "sha256": source.sha256},
         "onnxruntime_version": onnxruntime.__version__,
         "onnx_version": onnx.__version__,
         "method": method.as_record(),
