@@ -48,6 +48,7 @@ from utils.runtime import RuntimeOptions  # noqa: E402
 @dataclass
 class Timings:
     features: list[float] = field(default_factory=list)  # ms
+    decode: list[float] = field(default_factory=list)  # ms, the decoder (beam 5 by default) and the words
     caption: list[float] = field(default_factory=list)  # ms, preprocess + features + decode
 
 
@@ -107,6 +108,7 @@ def main() -> None:
                 if round_ == 0:
                     captions[key].append(result.caption)
                 timings[key].features.append(result.timings["features"])
+                timings[key].decode.append(result.timings["decode"])
                 timings[key].caption.append(sum(result.timings.values()))
 
     equal = sum(a == b for a, b in zip(captions["fp32"], captions["int8"], strict=True))
@@ -123,8 +125,11 @@ def main() -> None:
     print(f"feature cosine int8 / fp32: mean {statistics.mean(cosines):.6f}, min {min(cosines):.6f}")
     print(f"features: fp32 {med['fp32'][0]:.1f} ms, int8 {med['int8'][0]:.1f} ms, "
           f"speed-up {med['fp32'][0] / med['int8'][0]:.2f}x")
+    decode = {key: statistics.median(t.decode) for key, t in timings.items()}
+    print(f"decode: fp32 {decode['fp32']:.1f} ms, int8 {decode['int8']:.1f} ms, "
+          f"int8/fp32 {decode['int8'] / decode['fp32']:.2f}")
     print(f"whole caption: fp32 {med['fp32'][1]:.1f} ms, int8 {med['int8'][1]:.1f} ms, "
-          f"speed-up {med['fp32'][1] / med['int8'][1]:.2f}x")
+          f"speed-up {med['fp32'][1] / med['int8'][1]:.2f}x (int8/fp32 {med['int8'][1] / med['fp32'][1]:.2f})")
     differing = [(name, a, b) for (name, _), a, b in zip(images, captions["fp32"], captions["int8"], strict=True)
                  if a != b]
     for name, a, b in differing[: args.show]:
