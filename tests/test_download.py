@@ -449,3 +449,16 @@ def test_corrupt_file_whose_refetch_fails_is_kept_and_still_condemned(server: Se
     with pytest.raises(CaptionError, match="is corrupt"):
         load_model_set(fc_set(), model_dir, offline=True, progress=False)
     assert leftovers(model_dir) == []
+
+
+def test_a_download_onto_a_full_disk_leaves_nothing(server: Server, served: Path, tmp_path: Path) -> None:
+    from tests.test_hostile import small_disk
+
+    size = (served / "model_feat.onnx").stat().st_size
+    with small_disk(tmp_path / "disk", f"{max(8, size // 2048)}k") as disk:
+        with pytest.raises(CaptionError, match="No space left on device"):
+            load_model_set(fc_set(), disk / "models", offline=False, progress=False)
+        assert leftovers(disk / "models") == []
+        kept = [p for p in (disk / "models").iterdir() if p.suffix in (".onnx", ".json")]
+        assert len(kept) < 3  # something did not fit; whatever did is whole
+        assert all(p.read_bytes() == (served / p.name).read_bytes() for p in kept)

@@ -339,3 +339,40 @@ def test_decoder_library_warnings_stay_off_stderr(run_cli: RunCli, models: Path,
     damaged.write_bytes(data[:end_of_header] + bad_crc + data[end_of_header:])
     proc = run_cli("-i", damaged, *flags(models))
     assert proc.returncode == 0 and proc.stdout.strip() and proc.stderr == ""
+
+
+def test_video_mode_stdout_closed_early_saves_a_complete_video(models: Path, tmp_path: Path) -> None:
+    clip = make_video(tmp_path / "clip.avi", 40, fps=10.0)
+    out = tmp_path / "out.avi"
+    proc = run_shell(cli("-v", clip, "-s", out, "--no-display", "--interval", "0.5", *flags(models))
+                     + " | head -1; exit ${PIPESTATUS[0]}")
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 1
+    assert leftovers(tmp_path) == []
+    capture = cv2.VideoCapture(str(out))
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert frames > 0  # stopped early (nobody reads the captions), but what was written is a whole video
+
+
+@pytest.mark.parametrize(("slot", "other"), [("model_feat.onnx", "model_fc_nsc.onnx"),
+                                             ("model_fc_nsc.onnx", "model_feat.onnx")])
+def test_a_valid_model_in_the_wrong_slot_is_named_at_load(run_cli: RunCli, models: Path, slot: str,
+                                                          other: str) -> None:
+    (models / slot).write_bytes((models / other).read_bytes())
+    proc = run_cli("-i", SAMPLE, SAMPLE, *flags(models))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and f"is {models / slot}" in proc.stderr
+
+
+def test_int8_files_onto_a_full_disk(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
+    used = sum(p.stat().st_size for p in models.iterdir())
+    with small_disk(tmp_path / "disk", f"{used // 1024 + 64}k") as disk:
+        import shutil
+
+        shutil.copytree(models, disk / "models")
+        proc = run_cli("-i", SAMPLE, "--model-dir", disk / "models", "--offline", "--onnx", "--precision", "int8")
+        assert proc.returncode == 1
+        assert "No space left on device" in proc.stderr and "--precision fp32" in proc.stderr
+        assert len([line for line in proc.stderr.splitlines() if line.startswith("ERROR")]) == 1
+        assert leftovers(disk) == [] and not list((disk / "models").glob(".derived-build-*"))
+        assert not list((disk / "models").glob("*.int8-*"))
