@@ -23,10 +23,13 @@ class RuntimeOptions:
     env_id: int | None = None  # ailia environment; None lets the SDK choose
     memory_mode: int | None = None  # passed to ailia.Net unchanged
     # ONNX Runtime only. Threads of one model run (None: one per core), and whether they busy-wait for
-    # work between operators: quickest for a process that does nothing else, but it keeps every core
-    # busy, which video mode (decoding and drawing beside the model) measured to be slower.
+    # work between operators. Spinning is quickest for a process that runs one model and nothing else, but
+    # here the feature model alternates with the decoder's sessions, the search's numpy work and, in
+    # video mode, the frame loop, and spinning threads take the cores from them. Measured with beam 5
+    # (bench/bench_precision.py, full-size models, 2 cores): a caption took 484 ms instead of 531 at fp32,
+    # 142 ms instead of 170 at int8; bench/bench_video.py measured the same for live video.
     intra_op_threads: int | None = None
-    spin_wait: bool = True
+    spin_wait: bool = False
 
 
 class Network(Protocol):

@@ -1,13 +1,11 @@
-"""What a video run is asked to do (``VideoJob``), what it measured (``VideoStats``), and the runtime
-settings video mode uses."""
+"""What a video run is asked to do (``VideoJob``) and what it measured (``VideoStats``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from utils.captioner import CaptionerOptions
 from utils.decoding.options import DecodingOptions
 from utils.video.source import Frame
 
@@ -50,9 +48,3 @@ class VideoStats:
         if self.first_shown is None or self.last_shown is None or self.frames_shown < 2:
             return 0.0
         return (self.frames_shown - 1) / max(1e-9, self.last_shown - self.first_shown)
-
-
-def video_runtime(options: CaptionerOptions) -> CaptionerOptions:
-    """Video mode's runtime settings: ONNX Runtime's threads sleep between operators instead of spinning,
-    leaving CPU to the frame loop beside them (bench/bench_video.py measures both)."""
-    return replace(options, runtime=replace(options.runtime, spin_wait=False))

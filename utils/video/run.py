@@ -13,7 +13,7 @@ from typing import TextIO
 
 from utils.captioner import Captioner, CaptionerOptions
 from utils.output.writers import format_time
-from utils.video.job import VideoJob, VideoStats, video_runtime
+from utils.video.job import VideoJob, VideoStats
 from utils.video.loops import process_video
 from utils.video.source import VideoSource, open_source
 from utils.video.stopping import graceful_stop
@@ -45,8 +45,7 @@ def _open_window(job: VideoJob, source: VideoSource) -> Window | None:
 
 def run_video(job: VideoJob, options: CaptionerOptions, out: TextIO = sys.stdout,
               load: Callable[[CaptionerOptions], Captioner] = Captioner) -> int:
-    """Caption a video source with a captioner loaded (by ``load``) with video mode's runtime settings;
-    return the exit status."""
+    """Caption a video source with a captioner loaded by ``load``; return the exit status."""
     # Source and output are checked before the models load: a typo costs no download.
     source = open_source(job.source, realtime=job.live)
     video_out: VideoFileWriter | None = None
@@ -55,7 +54,7 @@ def run_video(job: VideoJob, options: CaptionerOptions, out: TextIO = sys.stdout
         if job.savepath is not None:
             dest = plan_video_output(job.savepath, _default_name(source), source.path)
             video_out = VideoFileWriter(dest, source.fps, source.width, source.height)
-        captioner = load(video_runtime(options))
+        captioner = load(options)
         if job.display:
             window = _open_window(job, source)
         with graceful_stop() as stop:
