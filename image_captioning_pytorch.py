@@ -37,6 +37,7 @@ from utils.captioner import CaptionerOptions  # noqa: E402
 from utils.decoding.cli import add_decoding_arguments, decoding_options, decoding_usage_error  # noqa: E402
 from utils.errors import CaptionError  # noqa: E402
 from utils.images import ImageJob, run_images  # noqa: E402
+from utils.output.captions_file import EXTENSIONS, captions_file_usage_error  # noqa: E402
 from utils.output.writers import FORMATS, printable  # noqa: E402
 from utils.quantization import PRECISIONS  # noqa: E402
 from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments  # noqa: E402
@@ -67,9 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=DECODERS, default=DEFAULT_DECODER,
                    help=f"captioning decoder (default {DEFAULT_DECODER})")
     p.add_argument("--format", choices=FORMATS, default="text",
-                   help="what to print: text (default) or json (one JSON object per image or caption, "
-                        "JSON Lines)")
+                   help="what to print on stdout: text (default); json (one JSON object per image or caption, "
+                        "JSON Lines); vtt or srt (video only: a subtitle track, one cue per caption change); "
+                        "csv or tsv (a header, then one row per image or caption)")
     p.add_argument("--json", dest="format", action="store_const", const="json", help="same as --format json")
+    p.add_argument("--captions-file", type=Path, metavar="PATH",
+                   help="also write the captions to PATH, atomically, in the format its extension names "
+                        f"({' '.join(EXTENSIONS)}; .jsonl is json, .txt is text), whatever --format says; "
+                        "stdout keeps --format")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="inference runtime; auto uses the ailia SDK when it works, else ONNX Runtime")
     p.add_argument("--onnx", dest="backend", action="store_const", const="onnxruntime",
@@ -145,7 +151,7 @@ def format_usage_error(args: argparse.Namespace) -> str | None:
     mode = "video" if args.video is not None else "images"
     modes = FORMATS[args.format].modes
     if mode in modes:
-        return None
+        return captions_file_usage_error(args.captions_file, mode)
     return f"--format {args.format} is for {' and '.join(sorted(modes))}, not {mode}"
 
 
@@ -167,6 +173,7 @@ def video_job(args: argparse.Namespace) -> VideoJob:
         source=args.video,
         savepath=args.savepath,
         format=args.format,
+        captions_file=args.captions_file,
         interval=args.interval,
         sync=args.sync,
         live=args.live,
@@ -203,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             inputs=args.input or [str(SAMPLE_IMAGE)],
             savepath=args.savepath,
             format=args.format,
+            captions_file=args.captions_file,
             benchmark_count=args.benchmark_count if args.benchmark else 0,
             decoding=decoding_options(args),
         )
@@ -233,6 +241,15 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def _redeliver_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C that lands inside a destructor (a progress bar's ``__del__``) would be printed as an ignored
+    exception with its traceback, and lost; sent again, it stops the program like any other."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _exit(status: int) -> None:
     """Exit with ``status``. After an interruption a model thread may still be inside ONNX Runtime, and
     the interpreter's normal shutdown would destroy the runtime under it (SIGABRT); by now every file of
@@ -249,4 +266,5 @@ def _exit(status: int) -> None:
 
 
 if __name__ == "__main__":
+    sys.unraisablehook = _redeliver_interrupt
     _exit(main())

@@ -6,7 +6,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any
 
 
 def create_temp_beside(dest: Path) -> tuple[int, Path]:
@@ -24,7 +24,7 @@ def create_temp_beside(dest: Path) -> tuple[int, Path]:
             continue
 
 
-def commit(out: BinaryIO, tmp: Path, dest: Path) -> None:
+def commit(out: IO[Any], tmp: Path, dest: Path) -> None:
     out.flush()
     os.fsync(out.fileno())
     out.close()

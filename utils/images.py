@@ -18,9 +18,9 @@ from utils.decoding.options import DecodingOptions
 from utils.drawing import draw_caption
 from utils.errors import CaptionError
 from utils.inputs import InputItem, expand_inputs
+from utils.output.captions_file import check_captions_file, open_writers
 from utils.output.paths import plan_outputs, save_image
 from utils.output.records import CaptionRecord, RunSummary
-from utils.output.writers import make_writer
 from utils.preprocess import as_bgr, read_image
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ class ImageJob:
     inputs: list[str]
     savepath: Path | None = None
     format: str = "text"  # a name in utils.output.writers.FORMATS
+    captions_file: Path | None = None  # also write the records here, in its extension's format
     benchmark_count: int = 0  # 0: no benchmark; N: caption each image N times and report timings
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
 
@@ -56,22 +57,24 @@ def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdou
         single = len(job.inputs) == 1 and len(items) == 1 and Path(job.inputs[0]).is_file()
         planned = plan_outputs([p for i in todo if (p := items[i].path)], job.savepath, not single)
         outputs = dict(zip(todo, planned, strict=True))
+    if job.captions_file is not None:
+        check_captions_file(job.captions_file, [p for item in items if (p := item.path) is not None])
     captioner = load(options) if todo else None
-    writer = make_writer(job.format, out)
-    writer.begin(len(items))
     outcomes: list[Outcome] = []
-    with tqdm(total=len(items), unit="image", file=sys.stderr, disable=True if len(items) < 2 else None,
-              leave=False) as bar:
-        for index, item in enumerate(items):
-            outcome = Outcome(item, error=item.error)
-            if captioner is not None and outcome.error is None:
-                outcome = _caption_one(captioner, job, item, outputs.get(index))
-            writer.write(_record(outcome, captioner, job))
-            outcomes.append(outcome)
-            bar.update()
-            if writer.reader_gone and job.savepath is None:
-                break  # nobody reads the captions and nothing is saved: the rest would be wasted work
-    writer.end(_summary(captioner, outcomes, job))
+    with open_writers(job.format, out, job.captions_file) as writer:
+        writer.begin(len(items))
+        with tqdm(total=len(items), unit="image", file=sys.stderr, disable=True if len(items) < 2 else None,
+                  leave=False) as bar:
+            for index, item in enumerate(items):
+                outcome = Outcome(item, error=item.error)
+                if captioner is not None and outcome.error is None:
+                    outcome = _caption_one(captioner, job, item, outputs.get(index))
+                writer.write(_record(outcome, captioner, job))
+                outcomes.append(outcome)
+                bar.update()
+                if writer.reader_gone and job.savepath is None:
+                    break  # nobody reads the captions and nothing is saved: the rest would be wasted work
+        writer.end(_summary(captioner, outcomes, job))
     return 1 if any(o.error for o in outcomes) else 0
 
 

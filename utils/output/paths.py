@@ -26,15 +26,15 @@ def save_image(path: Path, image: np.ndarray) -> None:
         raise CaptionError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def check_writable_folder(folder: Path) -> None:
+def check_writable_folder(folder: Path, option: str = "--savepath") -> None:
     if not folder.exists():
         raise CaptionError(f"cannot save into {folder}: the folder does not exist")
     if not folder.is_dir():
         raise CaptionError(f"cannot save into {folder}: it is not a folder")
     if read_only_file_system(folder):
-        raise CaptionError(f"cannot save into {folder}: it is on a read-only file system; choose another --savepath")
+        raise CaptionError(f"cannot save into {folder}: it is on a read-only file system; choose another {option}")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise CaptionError(f"cannot save into {folder}: permission denied; choose another --savepath")
+        raise CaptionError(f"cannot save into {folder}: permission denied; choose another {option}")
 
 
 def read_only_file_system(folder: Path) -> bool:
@@ -44,13 +44,13 @@ def read_only_file_system(folder: Path) -> bool:
         return False
 
 
-def never_an_input(outputs: list[Path], inputs: list[Path]) -> None:
+def never_an_input(outputs: list[Path], inputs: list[Path], option: str = "--savepath") -> None:
     """The one rule for every output this program writes: it never replaces one of its inputs
     (compared after resolving links and relative paths)."""
     resolved_inputs = {p.resolve(): p for p in inputs}
     for out in outputs:
         if (source := resolved_inputs.get(out.resolve())) is not None:
-            raise CaptionError(f"--savepath would overwrite the input {source}; choose another path")
+            raise CaptionError(f"{option} would overwrite the input {source}; choose another path")
 
 
 def _check_image_suffix(path: Path) -> None:

@@ -7,11 +7,13 @@ entry in ``FORMATS``; image mode and video mode need no change.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
 import statistics
-from typing import ClassVar, Literal, TextIO
+from typing import Any, ClassVar, Literal, TextIO
 
 from tqdm import tqdm
 
@@ -32,6 +34,7 @@ class ResultWriter:
     def __init__(self, out: TextIO | None) -> None:
         self.out = out  # None: closed before the start (`>&-` leaves Python no sys.stdout); nothing is written
         self.reader_gone = False  # set when the stream's reader left (piped into `head`): stop if nothing else
+        self.quiet = False  # True for a second copy of the records (--captions-file): nothing to the log
 
 
     def begin(self, inputs: int | None = None) -> None:
@@ -102,7 +105,8 @@ class TextWriter(ResultWriter):
 
     def write(self, record: CaptionRecord) -> None:
         if record.result is None:
-            logger.error("%s", printable(record.error or ""))
+            if not self.quiet:
+                logger.error("%s", printable(record.error or ""))
             return
         caption = printable(record.result.caption)
         if record.video is not None:
@@ -139,7 +143,149 @@ class JsonWriter(ResultWriter):
         self._emit(json.dumps(as_json(record), ensure_ascii=False))
 
 
-FORMATS: dict[str, type[ResultWriter]] = {cls.name: cls for cls in (TextWriter, JsonWriter)}
+def cue_text(caption: str) -> str:
+    """A caption as subtitle cue text: one line, without surrounding blanks, HTML-escaped (``&`` ``<`` ``>``),
+    so that a player never reads a tag in it and no line of it can contain ``-->``."""
+    text = printable(caption).strip()
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class CueWriter(ResultWriter):
+    """Subtitle tracks (video only): one cue per caption change. Equal consecutive captions are merged;
+    a cue starts at the time of the frame its caption describes and ends where the next different
+    caption starts, or at the end of the video for the last one. A cue is written as soon as its end
+    is known; an empty caption ends the previous cue and starts none (a gap)."""
+
+    modes = frozenset({"video"})
+
+    def __init__(self, out: TextIO | None) -> None:
+        super().__init__(out)
+        self._cue: tuple[float, str] | None = None  # the open cue: (start, caption)
+        self._cues = 0
+
+    def write(self, record: CaptionRecord) -> None:
+        if record.result is None or record.video is None:
+            return
+        caption = record.result.caption
+        if self._cue is not None and self._cue[1] == caption:
+            return  # the same caption goes on
+        self._close(record.video.time)
+        self._cue = (record.video.time, caption)
+
+    def end(self, summary: RunSummary) -> None:
+        if self._cue is not None:
+            start = self._cue[0]
+            self._close(summary.end_time if summary.end_time is not None else start)
+
+    def _close(self, end: float) -> None:
+        if self._cue is None:
+            return
+        start, caption = self._cue
+        self._cue = None
+        text = cue_text(caption)
+        if not text:
+            return
+        if end <= start:  # a zero-length last cue (no frame after it): make it last one millisecond
+            end = start + 0.001
+        self._cues += 1
+        self._emit(self.cue(self._cues, start, end, text))
+
+    def cue(self, number: int, start: float, end: float, text: str) -> str:
+        raise NotImplementedError
+
+
+class VttWriter(CueWriter):
+    """WebVTT (a ``<track>`` for HTML video): the header, then each cue after a blank line."""
+
+    name = "vtt"
+
+    def begin(self, inputs: int | None = None) -> None:
+        self._emit("WEBVTT")
+
+    def cue(self, number: int, start: float, end: float, text: str) -> str:
+        return f"\n{format_time(start)} --> {format_time(end)}\n{text}"
+
+
+class SrtWriter(CueWriter):
+    """SubRip: cues numbered from 1, ``HH:MM:SS,mmm`` times, a blank line between cues."""
+
+    name = "srt"
+
+    def cue(self, number: int, start: float, end: float, text: str) -> str:
+        times = f"{format_time(start).replace('.', ',')} --> {format_time(end).replace('.', ',')}"
+        gap = "" if number == 1 else "\n"
+        return f"{gap}{number}\n{times}\n{text}"
+
+
+IMAGE_COLUMNS = ("input", "caption", "confidence", "output", "error")
+VIDEO_COLUMNS = ("time", "frame", "caption", "confidence")
+
+
+class CsvWriter(ResultWriter):
+    """For spreadsheets: a header, then one row per image (failed ones with their error) or per video
+    caption. Images: input,caption,confidence,output,error; video: time,frame,caption,confidence."""
+
+    name = "csv"
+    dialect: ClassVar[type[csv.Dialect]] = csv.excel
+
+    def begin(self, inputs: int | None = None) -> None:
+        self._row(IMAGE_COLUMNS if inputs is not None else VIDEO_COLUMNS)
+
+    def write(self, record: CaptionRecord) -> None:
+        result = record.result
+        caption = "" if result is None else result.caption
+        confidence = "" if result is None or result.confidence is None else result.confidence
+        if record.video is not None:
+            self._row((round(record.video.time, 3), record.video.frame, caption, confidence))
+        else:
+            output = "" if record.output is None else str(record.output)
+            self._row((record.input, caption, confidence, output, record.error or ""))
+
+    def _row(self, values: tuple[Any, ...]) -> None:
+        line = io.StringIO()
+        csv.writer(line, dialect=self.dialect, lineterminator="\n").writerow(values)
+        self._emit(line.getvalue()[:-1])
+
+
+class TsvWriter(CsvWriter):
+    """The same rows, tab-separated."""
+
+    name = "tsv"
+    dialect = csv.excel_tab
+
+
+class Tee(ResultWriter):
+    """Hands every call on to several writers (stdout and --captions-file); its reader is gone only
+    when every writer's is."""
+
+    name = "tee"
+
+    def __init__(self, writers: list[ResultWriter]) -> None:
+        super().__init__(None)
+        self.writers = writers
+
+    def begin(self, inputs: int | None = None) -> None:
+        for w in self.writers:
+            w.begin(inputs)
+        self._update()
+
+    def write(self, record: CaptionRecord) -> None:
+        for w in self.writers:
+            w.write(record)
+        self._update()
+
+    def end(self, summary: RunSummary) -> None:
+        for w in self.writers:
+            w.end(summary)
+        self._update()
+
+    def _update(self) -> None:
+        self.reader_gone = all(w.reader_gone for w in self.writers)
+
+
+FORMATS: dict[str, type[ResultWriter]] = {
+    cls.name: cls for cls in (TextWriter, JsonWriter, VttWriter, SrtWriter, CsvWriter, TsvWriter)
+}
 
 
 def make_writer(format_name: str, out: TextIO | None) -> ResultWriter:

@@ -23,8 +23,8 @@ from typing import TextIO
 import numpy as np
 
 from utils.captioner import Captioner, CaptionResult
+from utils.output.captions_file import open_writers
 from utils.output.records import RunSummary
-from utils.output.writers import make_writer
 from utils.video.job import DEFAULT_INTERVAL, End, VideoJob, VideoStats
 from utils.video.live import CaptionEvent, CaptionFn, LatestFrameWorker, caption_frame
 from utils.video.presenter import Observer, Presenter
@@ -111,24 +111,25 @@ def process_video(job: VideoJob, captioner: Captioner, source: VideoSource,
                   out: TextIO = sys.stdout, stop: threading.Event | None = None,
                   observer: Observer | None = None) -> VideoStats:
     """Run the loop for ``source`` until it ends, the user quits or ``stop`` is set; captions go to
-    ``out`` in ``job.format``."""
+    ``out`` in ``job.format``, and to ``job.captions_file`` in its extension's format."""
     stop = stop or threading.Event()
-    results = make_writer(job.format, out)
-    results.begin()
-    presenter = Presenter(job, captioner, source, video_out, window, results, stop, observer)
+    with open_writers(job.format, out, job.captions_file) as results:
+        results.begin()
+        presenter = Presenter(job, captioner, source, video_out, window, results, stop, observer)
 
-    def caption(image: np.ndarray) -> CaptionResult:
-        return captioner.caption(image, job.decoding)
+        def caption(image: np.ndarray) -> CaptionResult:
+            return captioner.caption(image, job.decoding)
 
-    wall, cpu = time.perf_counter(), time.process_time()
-    run = _run_live if source.live else _run_file
-    presenter.stats.end = run(job, caption, source, presenter, stop)
-    presenter.stats.dropped = source.dropped
-    presenter.stats.wall_s = time.perf_counter() - wall
-    presenter.stats.cpu_s = time.process_time() - cpu
-    last = presenter.stats.last_frame
-    results.end(RunSummary(model=captioner.model, backend=captioner.backend,
-                           end_time=None if last is None else last.time + source.frame_period))
+        wall, cpu = time.perf_counter(), time.process_time()
+        run = _run_live if source.live else _run_file
+        presenter.stats.end = run(job, caption, source, presenter, stop)
+        presenter.stats.dropped = source.dropped
+        presenter.stats.wall_s = time.perf_counter() - wall
+        presenter.stats.cpu_s = time.process_time() - cpu
+        last = presenter.stats.last_frame
+        # Every way the loop ends (end of source, q, the first Ctrl-C) comes here: the last cue is closed.
+        results.end(RunSummary(model=captioner.model, backend=captioner.backend,
+                               end_time=None if last is None else last.time + source.frame_period))
     return presenter.stats
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from utils.captioner import Captioner, CaptionerOptions
+from utils.output.captions_file import check_captions_file
 from utils.output.writers import format_time
 from utils.video.job import VideoJob, VideoStats
 from utils.video.loops import process_video
@@ -51,6 +52,8 @@ def run_video(job: VideoJob, options: CaptionerOptions, out: TextIO = sys.stdout
     video_out: VideoFileWriter | None = None
     window: Window | None = None
     try:
+        if job.captions_file is not None:
+            check_captions_file(job.captions_file, [source.path] if source.path is not None else [])
         if job.savepath is not None:
             dest = plan_video_output(job.savepath, _default_name(source), source.path)
             video_out = VideoFileWriter(dest, source.fps, source.width, source.height)

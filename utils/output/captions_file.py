@@ -1,0 +1,78 @@
+"""--captions-file: the records also written to a file, in the format its extension names, atomically.
+
+stdout keeps ``--format``; the file gets the format of its extension (``EXTENSIONS``). The file is
+written to a hidden temporary file beside it and renamed when the run ends (the end of the input, q,
+the first Ctrl-C); an error or a second Ctrl-C removes the temporary file and leaves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from utils.atomic import commit, create_temp_beside
+from utils.errors import CaptionError
+from utils.output.paths import check_writable_folder, never_an_input
+from utils.output.writers import FORMATS, Mode, ResultWriter, Tee, make_writer
+
+OPTION = "--captions-file"
+EXTENSIONS = {".vtt": "vtt", ".srt": "srt", ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json",
+              ".txt": "text"}
+
+
+def file_format(path: Path) -> str | None:
+    """The format a captions file's extension names (any letter case), or None."""
+    return EXTENSIONS.get(path.suffix.lower())
+
+
+def captions_file_usage_error(path: Path | None, mode: Mode) -> str | None:
+    if path is None:
+        return None
+    name = file_format(path)
+    if name is None:
+        known = " ".join(EXTENSIONS)
+        return f"{OPTION} {path}: unknown extension {path.suffix or '(none)'!r}; use one of {known}"
+    modes = FORMATS[name].modes
+    if mode in modes:
+        return None
+    return f"{OPTION} {path}: {path.suffix} ({name}) is for {' and '.join(sorted(modes))}, not {mode}"
+
+
+def check_captions_file(path: Path, inputs: list[Path]) -> None:
+    """Before any model loads: a folder that exists and takes files, never a folder itself, never an input."""
+    if path.is_dir():
+        raise CaptionError(f"cannot write {OPTION} {path}: it is a folder")
+    check_writable_folder(path.parent, OPTION)
+    never_an_input([path], inputs, OPTION)
+
+
+@contextmanager
+def open_writers(format_name: str, out: TextIO | None, captions_file: Path | None) -> Iterator[ResultWriter]:
+    """The writer for stdout in ``format_name``, and with ``captions_file`` also one for that file (in its
+    extension's format), together; the file is committed when the block ends normally, removed otherwise."""
+    stdout = make_writer(format_name, out)
+    if captions_file is None:
+        yield stdout
+        return
+    name = file_format(captions_file)
+    if name is None:
+        raise CaptionError(f"{OPTION} {captions_file}: unknown extension")
+    try:
+        fd, tmp = create_temp_beside(captions_file)
+    except OSError as exc:
+        raise CaptionError(f"cannot write {captions_file}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+            copy = make_writer(name, file)
+            copy.quiet = True  # problems are reported once, by the stdout writer
+            yield Tee([stdout, copy])
+            try:
+                commit(file, tmp, captions_file)
+            except OSError as exc:
+                raise CaptionError(f"cannot write {captions_file}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
