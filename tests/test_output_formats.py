@@ -282,3 +282,17 @@ def test_a_failed_image_is_reported_once_with_a_text_captions_file(run_cli: RunC
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [f"ERROR: {missing} does not exist"]
     assert (tmp_path / "caps.txt").read_text(encoding="utf-8") == proc.stdout
+
+
+def test_live_track_matches_the_json_of_the_same_run(run_cli: RunCli, models: Path, clip: Path,
+                                                    tmp_path: Path) -> None:
+    """A live run's captions depend on timing, so the track is checked against the JSON printed by the
+    same run: stdout in JSON, the file in WebVTT."""
+    track = tmp_path / "live.vtt"
+    proc = run_cli("-v", clip, "--live", "--json", "--captions-file", track, *model_flags(models), env=HEADLESS)
+    assert proc.returncode == 0 and proc.stderr == ""
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    cues = parse_vtt(track.read_text(encoding="utf-8"))
+    want = expected_cues(records, cues[-1][1])  # the last cue ends where the run stopped
+    assert cues == want and len(cues) >= 1
+    assert 6.0 - 0.2 <= cues[-1][1] <= 6.0 + 0.2  # the video lasts 6 s, played in real time
