@@ -35,7 +35,7 @@ from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV  # noqa: E402
 from utils.arg_types import int_up_to, positive_number  # noqa: E402
 from utils.captioner import CaptionerOptions  # noqa: E402
 from utils.decoding.cli import add_decoding_arguments, decoding_options, decoding_usage_error  # noqa: E402
-from utils.errors import CaptionError  # noqa: E402
+from utils.errors import CaptionError, exception_chain  # noqa: E402
 from utils.images import ImageJob, run_images  # noqa: E402
 from utils.output.captions_file import EXTENSIONS, captions_file_usage_error  # noqa: E402
 from utils.output.writers import FORMATS, printable  # noqa: E402
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("interrupted")
         return 130
     except Exception as exc:
-        if any(isinstance(e, KeyboardInterrupt) for e in _chain(exc)):  # Ctrl-C inside a library's import
+        if any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):  # Ctrl-C inside a library's import
             logger.error("interrupted")
             return 130
         # Not a problem with the input: a bug. One line still, the traceback with --debug.
@@ -230,15 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("internal error: %s: %s (run with --debug for details)", type(exc).__name__,
                      printable(str(exc).strip().splitlines()[0] if str(exc).strip() else ""))
         return 1
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
 
 
 def _redeliver_interrupt(unraisable: sys.UnraisableHookArgs) -> None:

@@ -20,7 +20,7 @@ from utils.preprocess import preprocess
 from utils.quantization import PRECISIONS, Precision
 from utils.quantization.decoder import int8_decoder_model, int8_decoder_pays, int8_step_model
 from utils.quantization.features import int8_feature_model
-from utils.quantization.methods import cpu_flags
+from utils.quantization.methods import cpu_flags, method_for_flags
 from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, RuntimeOptions, first_input, require_ailia
 from vocab import Vocabulary
 
@@ -152,8 +152,9 @@ def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabu
                                "use the onnxruntime or auto backend, or fp32 precision")
         if backend == "auto":
             logger.warning("int8 precision runs on ONNX Runtime; the ailia SDK is not tried")
-        feature = int8_feature_model(feature, options.progress)
-        if int8_decoder_pays(cpu_flags()):
+        flags = cpu_flags()  # read once: both choices depend on it
+        feature = int8_feature_model(feature, options.progress, method_for_flags(flags))
+        if int8_decoder_pays(flags):
             return _onnxruntime_networks(options, feature, int8_decoder_model(decoder, options.progress),
                                          decoder, int8_step_model), vocab
         logger.debug("the decoder stays fp32 on this CPU (no VNNI)")

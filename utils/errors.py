@@ -1,5 +1,22 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""The one exception type the CLI turns into a one-line message and a non-zero exit, and the helpers
+that turn other libraries' exceptions into such lines."""
 
 
 class CaptionError(Exception):
     """A problem the user can act on; its message names the problem and what to do."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run to several), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def exception_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling, innermost last."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain

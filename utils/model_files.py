@@ -18,17 +18,12 @@ import onnx
 from models import MIRROR_ENV, FileKind, ModelFile, ModelSet
 from utils.atomic import write_atomic
 from utils.download import download, folder_lock, is_https
-from utils.errors import CaptionError
+from utils.errors import CaptionError, first_line
 from vocab import Vocabulary, vocabulary_from_bytes
 
 logger = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".sha256"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class VerifiedFile:
@@ -59,7 +54,7 @@ class VerifiedFile:
                 # Only the graph is needed to tell a model from garbage; external weights are not used.
                 model = onnx.load_from_string(self.data)
             except Exception as error:
-                raise CaptionError(f"not a valid ONNX model ({_first_line(error)})") from error
+                raise CaptionError(f"not a valid ONNX model ({first_line(error)})") from error
             # Protobuf reads an empty (or lucky) byte string as an empty model, so parsing is not enough.
             if not model.graph.output:
                 raise CaptionError("not a valid ONNX model (it has no graph outputs)")

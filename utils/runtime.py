@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from utils.errors import CaptionError
+from utils.errors import CaptionError, exception_chain, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class OnnxRuntimeNetwork:
         try:
             return list(self._session.run(None, feeds))
         except Exception as exc:  # a model that does not take this input: the wrong file in its place
-            raise CaptionError(f"ONNX Runtime cannot run {self.name}: {_first_line(exc)}") from exc
+            raise CaptionError(f"ONNX Runtime cannot run {self.name}: {first_line(exc)}") from exc
 
 
 class AiliaNetwork:
@@ -97,17 +97,12 @@ class AiliaNetwork:
         try:
             return [np.asarray(o) for o in self._net.run(feeds)]
         except Exception as exc:
-            raise CaptionError(f"the ailia SDK cannot run {self.name}: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+            raise CaptionError(f"the ailia SDK cannot run {self.name}: {first_line(exc)}") from exc
 
 
 def ailia_failure(exc: BaseException) -> str:
     """Explain why ailia failed; its licence code hides the real cause behind a TypeError."""
-    chain = _exception_chain(exc)
+    chain = exception_chain(exc)
     if any(_raised_in(e, "license.py") or "licen" in str(e).lower() for e in chain):
         detail = next((str(e) for e in chain if "licen" in str(e).lower()), "no details")
         return (
@@ -115,15 +110,6 @@ def ailia_failure(exc: BaseException) -> str:
             f"download it: {detail}); see https://ailia.ai/license/"
         )
     return f"{type(exc).__name__}: {exc}"
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in chain:
-        chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return chain
 
 
 def _raised_in(exc: BaseException, filename: str) -> bool:
