@@ -33,6 +33,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import prebuilt, timed_ms  # noqa: E402
 from bench.numpy_step_model import NumpyStepModel  # noqa: E402
 from bench.photos import sample_crops  # noqa: E402
 from tests.builders import (  # noqa: E402
@@ -56,16 +57,6 @@ VOCAB = 9487
 WIDTH = 512
 BUDGET = 0.15
 BEAMS = (2, 3, 5, 10)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return 1e3 * (time.perf_counter() - t0)
-
-
-def _same(model: StepModel, _weights: DecoderWeights) -> StepModel:
-    return model
 
 
 def _check(model: StepModel, graph: GreedyGraphDecoder, fc: np.ndarray) -> object:
@@ -129,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         stages: dict[tuple[str, str], Callable[[np.ndarray], object]] = {("greedy (beam 1: the graph)", "-"): graph.run}
         for step_name, model in models.items():
             decoder = CaptionDecoder(graph, decoder_bytes, words, name=decoder_path.name,
-                                     step_model=functools.partial(_same, model))
+                                     step_model=functools.partial(prebuilt, model))
             for beam in BEAMS:
                 options = DecodingOptions(beam_size=beam)
                 for fc in fcs:  # every input must pass the replay check, or the figures mean nothing
@@ -141,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             for x, fc in zip(inputs, fcs, strict=True):
                 for key, fn in stages.items():
-                    feature_times.append(timed(functools.partial(feature.run, None, {feat_in: x})))
-                    times[key].append(timed(functools.partial(fn, fc)))
+                    feature_times.append(timed_ms(functools.partial(feature.run, None, {feat_in: x})))
+                    times[key].append(timed_ms(functools.partial(fn, fc)))
         feature_ms = statistics.median(feature_times)
         rows = {key: statistics.median(values) for key, values in times.items()}
 

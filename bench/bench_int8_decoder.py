@@ -41,7 +41,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from onnx import helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fc_inputs, prebuilt, timed_ms  # noqa: E402
 from bench.photos import sample_crops  # noqa: E402
 from tests.builders import (  # noqa: E402
     BENCH_EOS_BIAS,
@@ -65,7 +65,6 @@ from tests.builders import (  # noqa: E402
 from utils.decoding.decoder import CaptionDecoder, Replay  # noqa: E402
 from utils.decoding.graph import GreedyGraphDecoder  # noqa: E402
 from utils.decoding.options import DecodingOptions  # noqa: E402
-from utils.decoding.search import StepModel  # noqa: E402
 from utils.decoding.step_model import OrtStepModel  # noqa: E402
 from utils.decoding.weights import DecoderWeights, recover_weights  # noqa: E402
 from utils.preprocess import preprocess  # noqa: E402
@@ -195,12 +194,6 @@ def _swap(transform: Transform, w: DecoderWeights, model: onnx.ModelProto) -> on
     return transform(model, w)
 
 
-def fc_inputs(n: int, seed: int = 0) -> list[np.ndarray]:
-    """Random relu feature vectors, as tests/test_search.py makes them."""
-    rng = np.random.default_rng(seed)
-    return [np.maximum(0.7 * rng.standard_normal((1, 2048)) + 0.2, 0.0).astype(np.float32) for _ in range(n)]
-
-
 class Built:
     def __init__(self, variant: Variant, fp32: onnx.ModelProto, fp32_bytes: bytes, w: DecoderWeights,
                  words: list[str]) -> None:
@@ -209,17 +202,7 @@ class Built:
         self.graph = GreedyGraphDecoder(OnnxRuntimeNetwork(graph_model.SerializeToString()))
         self.step_model = TransformedStepModel(w, variant.transform)
         self.decoder = CaptionDecoder(self.graph, fp32_bytes, words, name="bench decoder",
-                                      step_model=functools.partial(_same, self.step_model))
-
-
-def _same(model: StepModel, _w: DecoderWeights) -> StepModel:
-    return model
-
-
-def _ms(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return 1e3 * (time.perf_counter() - t0)
+                                      step_model=functools.partial(prebuilt, self.step_model))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,12 +332,12 @@ def _parts(built: dict[str, Built], fcs: list[np.ndarray], rounds: int) -> None:
             b = built[name]
             for fc in fcs:
                 _flush()
-                graph_cold[name].append(_ms(functools.partial(b.graph.run, fc)))
+                graph_cold[name].append(timed_ms(functools.partial(b.graph.run, fc)))
             b.graph.run(fcs[0])
-            graph_warm[name] += [_ms(functools.partial(b.graph.run, fc)) for fc in fcs]
+            graph_warm[name] += [timed_ms(functools.partial(b.graph.run, fc)) for fc in fcs]
             for _ in range(20):
-                step1[name].append(_ms(functools.partial(b.step_model.step, words6[:1], (state[0], state[1]))))
-                step6[name].append(_ms(functools.partial(b.step_model.step, words6, six)))
+                step1[name].append(timed_ms(functools.partial(b.step_model.step, words6[:1], (state[0], state[1]))))
+                step6[name].append(timed_ms(functools.partial(b.step_model.step, words6, six)))
     base_cold = statistics.median(graph_cold["fp32"])
     print(f"   {'variant':<34}{'graph cold':>11}{'ratio':>7}{'warm':>9}{'step 1 row':>12}{'6 rows':>9}")
     for name in built:
@@ -419,7 +402,7 @@ def _decode_rounds(timed: dict[str, Built], photos: list[np.ndarray], fcs: list[
                         feature.run(None, {feature.get_inputs()[0].name: x})
                     else:
                         _flush()
-                    times[name].append(_ms(functools.partial(timed[name].decoder, fc, options)))
+                    times[name].append(timed_ms(functools.partial(timed[name].decoder, fc, options)))
 
 
 def _lower_quartile(values: list[float]) -> float:

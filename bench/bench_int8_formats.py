@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_images import ensure_models  # noqa: E402
+from bench.common import cosine  # noqa: E402
 from bench.photos import sample_crops  # noqa: E402
 from models import model_set  # noqa: E402
 from utils.inputs import expand_inputs  # noqa: E402
@@ -66,11 +67,6 @@ def make_int8(source: VerifiedFile, method: QuantMethod) -> tuple[bytes, float]:
         start = time.perf_counter()
         built = build_int8_features(source, method, photos, Path(scratch))
         return built.data, time.perf_counter() - start
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def time_models(nets: dict[str, OnnxRuntimeNetwork], inputs: list[np.ndarray], rounds: int) -> dict[str, float]:

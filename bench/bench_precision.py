@@ -35,6 +35,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cosine  # noqa: E402
 from models import DECODERS, DEFAULT_DECODER  # noqa: E402
 from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
 from utils.inputs import expand_inputs  # noqa: E402
@@ -57,11 +58,6 @@ def load(models: Path, model: str, precision: Precision, threads: int | None) ->
     captioner = Captioner(CaptionerOptions(model=model, model_dir=models, offline=True, precision=precision,
                                            runtime=RuntimeOptions(backend="onnxruntime", intra_op_threads=threads)))
     return captioner, time.perf_counter() - start
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def noise_keeps_caption(captioner: Captioner, fp32: np.ndarray, int8: np.ndarray, rng: np.random.Generator) -> bool:

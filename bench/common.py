@@ -1,0 +1,36 @@
+"""Small pieces the benchmark scripts share: timing one call, feature cosine, random feature vectors,
+and a step-model factory that hands back a model built beforehand."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from utils.decoding.search import StepModel
+from utils.decoding.weights import DecoderWeights
+
+
+def timed_ms(fn: Callable[[], object]) -> float:
+    """Milliseconds one call of ``fn`` takes."""
+    t0 = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two feature vectors, in float64."""
+    a, b = (np.asarray(x, np.float64).ravel() for x in (a, b))
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def fc_inputs(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Random relu feature vectors (1, 2048), as tests/test_search.py makes them."""
+    rng = np.random.default_rng(seed)
+    return [np.maximum(0.7 * rng.standard_normal((1, 2048)) + 0.2, 0.0).astype(np.float32) for _ in range(n)]
+
+
+def prebuilt(model: StepModel, _weights: DecoderWeights) -> StepModel:
+    """A CaptionDecoder step-model factory (with functools.partial) that returns ``model`` as it is."""
+    return model
