@@ -27,20 +27,24 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import traceback  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 
-from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV  # noqa: E402
+from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV, default_model_dir, imported_names, model_choices  # noqa: E402
 from utils.arg_types import int_up_to, positive_number  # noqa: E402
-from utils.captioner import CaptionerOptions  # noqa: E402
+from utils.captioner import MAX_WORKERS, CaptionerOptions, default_workers  # noqa: E402
+from utils.checkpoint.cli import add_import_arguments, import_usage_error, run_import  # noqa: E402
 from utils.decoding.cli import add_decoding_arguments, decoding_options, decoding_usage_error  # noqa: E402
 from utils.errors import CaptionError, exception_chain  # noqa: E402
 from utils.images import ImageJob, run_images  # noqa: E402
+from utils.metadata.cli import add_metadata_arguments, metadata_options, metadata_usage_error  # noqa: E402
 from utils.output.captions_file import EXTENSIONS, captions_file_usage_error  # noqa: E402
 from utils.output.writers import FORMATS, printable  # noqa: E402
 from utils.quantization import PRECISIONS  # noqa: E402
 from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments  # noqa: E402
+from utils.stderr import library_output_silenced, own_stderr  # noqa: E402
 from utils.video.job import DEFAULT_INTERVAL, VideoJob  # noqa: E402
 from utils.video.run import run_video  # noqa: E402
 
@@ -50,7 +54,9 @@ SAMPLE_IMAGE = Path(__file__).resolve().parent / "samples" / "chelsea.png"
 logger = logging.getLogger("image_captioning_pytorch")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(model_dir: Path | None = None) -> argparse.ArgumentParser:
+    """The parser; ``model_dir`` is where --help looks for imported models (default: the usual folder)."""
+    imported = imported_names(model_dir or default_model_dir())
     p = argparse.ArgumentParser(
         prog="image_captioning_pytorch.py",
         description="Caption images with the ImageCaptioning.pytorch FC models (ailia SDK or ONNX Runtime).",
@@ -65,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save the image with its caption drawn on it: a file for one input, "
                         "a folder (one file per input, same name) for several; with -v the annotated "
                         "video (.mp4/.m4v/.mov: mp4v, .avi/.mkv: MJPG)")
-    p.add_argument("--model", choices=DECODERS, default=DEFAULT_DECODER,
-                   help=f"captioning decoder (default {DEFAULT_DECODER})")
+    p.add_argument("--model", default=DEFAULT_DECODER, metavar="NAME",
+                   help=f"captioning decoder: {', '.join(DECODERS)} (default {DEFAULT_DECODER}), or a model imported "
+                        "with --import-checkpoint (in the model folder: "
+                        f"{', '.join(imported) if imported else 'none yet'})")
     p.add_argument("--format", choices=FORMATS, default="text",
                    help="what to print on stdout: text (default); json (one JSON object per image or caption, "
                         "JSON Lines); vtt or srt (video only: a subtitle track, one cue per caption change); "
@@ -84,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32 (default): the published models, exactly; int8: the feature model quantized "
                         "for this CPU, several times faster, made from the fp32 file on first use and cached "
                         "(ONNX Runtime only; see README, int8)")
+    p.add_argument("--workers", type=int_up_to(MAX_WORKERS), default=None, metavar="N",
+                   help="images captioned at once, each by its own model sessions with its share of the cores "
+                        f"(default for this machine: {default_workers()}; see README, Several workers)")
     p.add_argument("-e", "--env_id", type=int, default=None, help="ailia execution environment id (see --env_list)")
     p.add_argument("--env_list", action="store_true", help="list the ailia execution environments and exit")
     p.add_argument("--memory_mode", type=int, default=None, help="ailia memory mode, passed to ailia.Net as is")
@@ -96,8 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs per image with --benchmark (default 5)")
     p.add_argument("--debug", action="store_true", help="log details to stderr")
     add_video_arguments(p)
+    add_metadata_arguments(p)
     add_decoding_arguments(p)
+    add_import_arguments(p)
     return p
+
+
+def model_folder_of(argv: list[str] | None) -> Path:
+    """The model folder the command line names, read before the full parse so that --help can list the
+    models imported there."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    pre.add_argument("--model-dir", type=Path, default=None)
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except argparse.ArgumentError:
+        return default_model_dir()  # the full parse reports it
+    return known.model_dir or default_model_dir()
+
+
+def model_usage_error(args: argparse.Namespace, model_dir: Path) -> str | None:
+    if args.import_checkpoint is not None or args.model in DECODERS or args.model in imported_names(model_dir):
+        return None
+    return f"argument --model: invalid choice: {args.model!r} (choose from {model_choices(model_dir)})"
 
 
 def add_video_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,6 +154,8 @@ def video_usage_errors(args: argparse.Namespace) -> str | None:
             return "-i/--input and -v/--video cannot be used together"
         if args.benchmark:
             return "-b/--benchmark is for images; with -v use --hud or --json timings"
+        if args.workers is not None:
+            return "--workers is for images (-i); video captions one frame at a time"
         if args.sync and args.interval is not None:
             return "--sync and --interval cannot be used together"
         return None
@@ -138,6 +171,8 @@ def backend_usage_error(args: argparse.Namespace) -> str | None:
     if ailia_only and args.backend == "onnxruntime":
         verb = "applies" if len(ailia_only) == 1 else "apply"
         return f"{' and '.join(ailia_only)} only {verb} to the ailia SDK, not to ONNX Runtime"
+    if args.workers is not None and args.workers > 1 and args.backend == "ailia":
+        return "--workers runs several ONNX Runtime sessions; the ailia SDK runs one (use --backend onnxruntime)"
     return None
 
 
@@ -184,19 +219,29 @@ def video_job(args: argparse.Namespace) -> VideoJob:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, standalone: bool = False) -> int:
+    """Run the program; ``standalone``: this process is the program (not a test calling in), so it may
+    rearrange its own stderr (utils/stderr.py)."""
     if signal.getsignal(signal.SIGINT) is _quit_on_ctrl_c:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    parser = build_parser()
+    model_dir = model_folder_of(argv)
+    parser = build_parser(model_dir)
     args = parser.parse_args(argv)
     if (problem := video_usage_errors(args) or format_usage_error(args) or precision_usage_error(args)
-            or backend_usage_error(args) or decoding_usage_error(args)):
+            or backend_usage_error(args) or decoding_usage_error(args) or import_usage_error(args)
+            or metadata_usage_error(args)
+            or model_usage_error(args, model_dir)):
         parser.error(problem)
+    quiet_libraries = standalone and not args.debug
+    if quiet_libraries:
+        own_stderr()  # before logging keeps a reference to sys.stderr; see utils/stderr.py
     configure_logging(args.debug)
     try:
         if args.env_list:
             print("\n".join(ailia_environments()))
             return 0
+        if args.import_checkpoint is not None:
+            return run_import(args)
         options = CaptionerOptions(
             model=args.model,
             model_dir=args.model_dir,
@@ -206,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.video is not None:
             return run_video(video_job(args), options)
+        options = replace(options, workers=args.workers or default_workers())
         job = ImageJob(
             inputs=args.input or [str(SAMPLE_IMAGE)],
             savepath=args.savepath,
@@ -213,10 +259,16 @@ def main(argv: list[str] | None = None) -> int:
             captions_file=args.captions_file,
             benchmark_count=args.benchmark_count if args.benchmark else 0,
             decoding=decoding_options(args),
+            metadata=metadata_options(args),
         )
+        if quiet_libraries:
+            with library_output_silenced():
+                return run_images(job, options)
         return run_images(job, options)
     except CaptionError as exc:
-        logger.error("%s", printable(str(exc)))
+        # Control characters (a newline in a file name) are escaped, but a message's own lines stay lines:
+        # the --offline message lists each missing file on a line of its own.
+        logger.error("%s", "\n".join(printable(line) for line in str(exc).split("\n")))
         return 1
     except KeyboardInterrupt:
         logger.error("interrupted")
@@ -258,4 +310,4 @@ def _exit(status: int) -> None:
 
 if __name__ == "__main__":
     sys.unraisablehook = _redeliver_interrupt
-    _exit(main())
+    _exit(main(standalone=True))

@@ -34,8 +34,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_images import ensure_models  # noqa: E402
-from bench.common import cosine  # noqa: E402
+from bench.common import cosine, ensure_models  # noqa: E402
 from bench.photos import sample_crops  # noqa: E402
 from models import model_set  # noqa: E402
 from utils.inputs import expand_inputs  # noqa: E402

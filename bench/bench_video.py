@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import ensure_models  # noqa: E402
 from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
 from utils.preprocess import read_image  # noqa: E402
 from utils.quantization import Precision  # noqa: E402
@@ -42,11 +42,6 @@ from utils.video.writer import VideoFileWriter  # noqa: E402
 
 FPS = 30.0
 SIZE = (640, 480)
-
-
-def ensure_models(folder: Path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "bench" / "make_models.py"), str(folder)], check=True,
-                   stdout=subprocess.DEVNULL)
 
 
 def make_video(path: Path, seconds: float) -> int:

@@ -1,15 +1,24 @@
-"""Small pieces the benchmark scripts share: timing one call, feature cosine, random feature vectors,
-and a step-model factory that hands back a model built beforehand."""
+"""Small pieces the benchmark scripts share: the full-size model set, timing one call, feature cosine,
+random feature vectors, and a step-model factory that hands back a model built beforehand."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from utils.decoding.search import StepModel
 from utils.decoding.weights import DecoderWeights
+
+
+def ensure_models(folder: Path) -> None:
+    """Build the full-size benchmark models into ``folder`` unless they are there (bench/make_models.py)."""
+    script = Path(__file__).resolve().parent / "make_models.py"
+    subprocess.run([sys.executable, str(script), str(folder)], check=True)
 
 
 def timed_ms(fn: Callable[[], object]) -> float:

@@ -376,5 +376,5 @@ def test_the_captioner_runs_beam_search_on_the_cached_int8_decoder(models: Path,
     assert cached.stat().st_mtime_ns == stamp
     for captioner in (made, reused):
         result = captioner.caption(image, DecodingOptions(beam_size=5, nbest=3))
-        assert result.caption and captioner._decoder.last_source == "search"
+        assert result.caption and captioner._workers[0].decoder.last_source == "search"
     assert made.caption(image).caption == reused.caption(image).caption

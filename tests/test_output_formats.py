@@ -116,10 +116,10 @@ def test_table_rows_for_images_and_video() -> None:
               CaptionRecord("blank.png", CaptionResult("", [], None, {}))]
     for name, delimiter in (("csv", ","), ("tsv", "\t")):
         rows = list(csv.reader(io.StringIO(render(name, images, RunSummary(), 3)), delimiter=delimiter))
-        assert rows == [["input", "caption", "confidence", "output", "error"],
-                        ["a,b.jpg", 'say "hi"', "-0.25", "out/a,b.jpg", ""],
-                        ["gone.png", "", "", "", "gone.png does not exist"],
-                        ["blank.png", "", "", "", ""]]
+        assert rows == [["input", "caption", "confidence", "output", "metadata", "error"],
+                        ["a,b.jpg", 'say "hi"', "-0.25", "out/a,b.jpg", "", ""],
+                        ["gone.png", "", "", "", "", "gone.png does not exist"],
+                        ["blank.png", "", "", "", "", ""]]
     rows = list(csv.reader(io.StringIO(render("csv", HOSTILE[:2], RunSummary(end_time=2.0)))))
     assert rows == [["time", "frame", "caption", "confidence"], ["0.0", "0", "fish & chips", "-0.5"],
                     ["1.0", "10", "fish & chips", "-0.5"]]
@@ -146,7 +146,8 @@ def test_csv_and_tsv_of_images(run_cli: RunCli, models: Path, photos: list[Path]
         proc = run_cli(*flags, "--format", name)
         assert proc.returncode == 1 and proc.stderr == ""  # as with --json, the error is in its row
         rows = list(csv.DictReader(io.StringIO(proc.stdout), delimiter=delimiter))
-        assert proc.stdout.split("\n", 1)[0] == delimiter.join(["input", "caption", "confidence", "output", "error"])
+        assert proc.stdout.split("\n", 1)[0] == delimiter.join(["input", "caption", "confidence", "output", "metadata",
+                                                                 "error"])
         assert [r["input"] for r in rows] == [str(p) for p in inputs]
         assert [r["caption"] for r in rows] == [r["caption"] or "" for r in records]
         assert [float(r["confidence"]) for r in rows if r["confidence"]] == [

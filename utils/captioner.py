@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 
-from models import DEFAULT_DECODER, ModelFile, default_model_dir, model_set
+from models import DEFAULT_DECODER, ModelFile, default_model_dir, imported_names, is_imported, model_choices, model_set
 from utils.decoding.decoder import CaptionDecoder, StepModelFactory
 from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions
 from utils.decoding.step_model import OrtStepModel
 from utils.errors import CaptionError
 from utils.model_files import VerifiedFile, load_model_set
+from utils.pipeline import ordered_map
 from utils.preprocess import preprocess
 from utils.quantization import PRECISIONS, Precision
 from utils.quantization.decoder import int8_decoder_model, int8_decoder_pays, int8_step_model
@@ -25,6 +29,9 @@ from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, RuntimeOpti
 from vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_WORKERS = 64  # each worker holds its own sessions: ~0.2 GB at fp32 (README, "Several workers")
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,30 @@ class CaptionerOptions:
     # fp32: the published models, exactly. int8: the feature model quantized for this CPU (made from the
     # fp32 file on first use and cached in the model folder; README, "int8"); ONNX Runtime only.
     precision: Precision = "fp32"
+    # Images captioned at once by caption_many, each by its own sessions with its share of the cores
+    # (ONNX Runtime; the ailia SDK runs one). default_workers() is image mode's choice for this machine.
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be from 1 to {MAX_WORKERS}, not {self.workers}")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Image mode's worker count: one per two cores, and on machines of two or three cores one per
+    core (README, "Several workers", has the measurements behind it)."""
+    cores = cores or available_cores()
+    return max(1, cores // 2) if cores >= 4 else cores
 
 
 @dataclass(frozen=True)
@@ -59,12 +86,42 @@ class RankedCaption:
     indices: list[int]
 
 
+@dataclass(frozen=True)
+class Captioned(Generic[T]):
+    """One image of ``Captioner.caption_many``: its caption, or why it has none."""
+
+    source: T  # the item as given (an image, or what ``read`` was given)
+    result: CaptionResult | None
+    error: CaptionError | None = None
+    image: np.ndarray | None = None  # the decoded image, with keep_images=True
+
+
 @dataclass
 class _Networks:
     feature: Network
     decoder: Network
-    decoder_file: VerifiedFile  # the published (fp32) decoder file, whose weights beam search recovers
+
+
+@dataclass
+class _Plan:
+    """What runs: the files for ONNX Runtime (one set of sessions per worker), or the ailia SDK's
+    networks (one worker)."""
+
+    feature: VerifiedFile
+    decoder: VerifiedFile  # the decoder that runs
+    published_decoder: VerifiedFile  # the fp32 file whose weights beam search recovers (see _onnxruntime_plan)
     step_model: StepModelFactory = OrtStepModel  # beam search's step model: int8 beside an int8 decoder
+    ailia: _Networks | None = None
+
+
+@dataclass
+class _Worker:
+    """One worker's own sessions: the feature model and the decoder graph."""
+
+    feature: Network
+    feature_input: str
+    graph: GreedyGraphDecoder
+    decoder: CaptionDecoder
 
 
 class Captioner:
@@ -74,15 +131,21 @@ class Captioner:
         self.options = options or CaptionerOptions()
         start = time.perf_counter()
         model_dir = self.options.model_dir or default_model_dir()
-        nets, vocab = _load(self.options, model_dir)
-        self.backend = nets.feature.backend
+        plan, vocab = _load(self.options, model_dir)
         self.vocab: Vocabulary = vocab
-        self._feature = nets.feature
-        self._feature_input = first_input(nets.feature)
-        self._graph = GreedyGraphDecoder(nets.decoder)
-        self._decoder = CaptionDecoder(self._graph, nets.decoder_file.onnx_model(), vocab.words,
-                                       name=nets.decoder_file.path.name, step_model=nets.step_model)
-        self._check_roles(nets)
+        networks = [plan.ailia] if plan.ailia is not None else _onnxruntime_networks(plan, self.options)
+        if plan.ailia is not None and self.options.workers > 1:
+            logger.info("the ailia SDK runs one worker")
+        first = networks[0]
+        self.backend = first.feature.backend
+        graph = GreedyGraphDecoder(first.decoder)
+        decoder = CaptionDecoder(graph, plan.published_decoder.onnx_model(), vocab.words,
+                                 name=plan.published_decoder.path.name, step_model=plan.step_model)
+        self._workers = [_Worker(first.feature, first_input(first.feature), graph, decoder)]
+        for nets in networks[1:]:
+            other = GreedyGraphDecoder(nets.decoder)
+            self._workers.append(_Worker(nets.feature, first_input(nets.feature), other, decoder.with_graph(other)))
+        self._check_roles(first)
         self.load_ms = 1e3 * (time.perf_counter() - start)
 
     def _check_roles(self, nets: _Networks) -> None:
@@ -94,10 +157,15 @@ class Captioner:
         except CaptionError as exc:
             raise CaptionError(f"{exc}; is {nets.feature.name} the feature model (model_feat.onnx)?") from None
         try:
-            self._graph.run(fc)
+            self._workers[0].graph.run(fc)
         except CaptionError as exc:
             raise CaptionError(f"{exc}; is {nets.decoder.name} a decoder that takes this feature model's "
                                f"{fc.shape[1]} values?") from None
+
+    @property
+    def workers(self) -> int:
+        """How many images are captioned at once by ``caption_many``."""
+        return len(self._workers)
 
     @property
     def model(self) -> str:
@@ -105,26 +173,59 @@ class Captioner:
 
     def features(self, image: np.ndarray) -> np.ndarray:
         """The (1, F) image vector of a BGR image."""
-        return self._run_features(preprocess(image))
+        return _run_features(self._workers[0], preprocess(image))
 
     def caption_features(self, fc: np.ndarray, options: DecodingOptions | None = None) -> str:
         """The caption of a (1, F) feature vector as ``features`` returns it (to compare feature models)."""
         options = options or DecodingOptions()
-        return self.vocab.caption(self._decoder(fc, options).indices, options.remove_bad_endings)
-
-    def _run_features(self, chw: np.ndarray) -> np.ndarray:
-        # The published model returns a bare (F,) vector; the decoder takes a batch of one.
-        return np.ascontiguousarray(self._feature.run({self._feature_input: chw})[0], np.float32).reshape(1, -1)
+        return self.vocab.caption(self._workers[0].decoder(fc, options).indices, options.remove_bad_endings)
 
     def caption(self, image: np.ndarray, options: DecodingOptions | None = None) -> CaptionResult:
         """Caption one image: BGR (as OpenCV gives it), grey or BGRA, 8- or 16-bit."""
-        options = options or DecodingOptions()
         t0 = time.perf_counter()
         chw = preprocess(image)
+        return self._caption(self._workers[0], chw, options or DecodingOptions(),
+                             {"preprocess": 1e3 * (time.perf_counter() - t0)})
+
+    def caption_many(self, images: Iterable[T], options: DecodingOptions | None = None,
+                     read: Callable[[T], np.ndarray] | None = None,
+                     keep_images: bool = False) -> Iterator[Captioned[T]]:
+        """Caption many images with every worker at once, yielding the results in input order.
+
+        ``images`` are BGR arrays, or anything ``read`` turns into one (e.g. ``read_image`` and paths);
+        reading and preprocessing run ahead of the models in a thread of their own. An image that
+        cannot be read or captioned gives a ``Captioned`` with ``error`` set, and the rest go on. Memory
+        stays bounded however many images there are: a few images per worker are in flight at a time,
+        and ``images`` may be a lazy iterable. ``keep_images`` hands each decoded image back (to draw
+        on), at the cost of keeping it until the next result is asked for."""
+        options = options or DecodingOptions()
+
+        def prepare(source: T) -> tuple[np.ndarray | None, np.ndarray, dict[str, float]]:
+            t0 = time.perf_counter()
+            image = read(source) if read is not None else source
+            t1 = time.perf_counter()
+            if not isinstance(image, np.ndarray):
+                raise CaptionError(f"not an image array: {type(image).__name__}")
+            chw = preprocess(image)
+            timings = {"read": 1e3 * (t1 - t0)} if read is not None else {}
+            timings["preprocess"] = 1e3 * (time.perf_counter() - t1)
+            return (image if keep_images else None), chw, timings
+
+        def work_for(worker: _Worker) -> Callable[[tuple[np.ndarray | None, np.ndarray, dict[str, float]]],
+                                                  tuple[np.ndarray | None, CaptionResult]]:
+            return lambda prepared: (prepared[0], self._caption(worker, prepared[1], options, prepared[2]))
+
+        for done in ordered_map(images, prepare, [work_for(w) for w in self._workers],
+                                readers=_readers(len(self._workers))):
+            image, result = done.value if done.value is not None else (None, None)
+            yield Captioned(done.item, result, done.error, image)
+
+    def _caption(self, worker: _Worker, chw: np.ndarray, options: DecodingOptions,
+                 timings: dict[str, float]) -> CaptionResult:
         t1 = time.perf_counter()
-        fc = self._run_features(chw)
+        fc = _run_features(worker, chw)
         t2 = time.perf_counter()
-        decoded = self._decoder(fc, options)
+        decoded = worker.decoder(fc, options)
         text = self.vocab.caption(decoded.indices, options.remove_bad_endings)
         nbest = None if options.nbest is None else [
             RankedCaption(self.vocab.caption(c.indices, options.remove_bad_endings), c.score, c.indices)
@@ -135,13 +236,28 @@ class Captioner:
             caption=text,
             indices=decoded.indices,
             confidence=decoded.confidence,
-            timings={"preprocess": 1e3 * (t1 - t0), "features": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)},
+            timings={**timings, "features": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)},
             nbest=nbest,
         )
 
 
-def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabulary]:
+def _run_features(worker: _Worker, chw: np.ndarray) -> np.ndarray:
+    # The published model returns a bare (F,) vector; the decoder takes a batch of one.
+    return np.ascontiguousarray(worker.feature.run({worker.feature_input: chw})[0], np.float32).reshape(1, -1)
+
+
+def _readers(workers: int) -> int:
+    """Reading threads for this many workers. Decoding a 640x480 JPEG and preprocessing it take a few
+    per cent of a caption, but a 12-megapixel photo takes ~0.1 s to decode: one reader per two workers
+    keeps up with either."""
+    return max(1, (workers + 1) // 2)
+
+
+def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Plan, Vocabulary]:
     backend = options.runtime.backend
+    imported = is_imported(options.model)
+    if imported and options.model not in imported_names(model_dir):
+        raise CaptionError(f"unknown model {options.model!r} (choose from {model_choices(model_dir)})")
     required = model_set(options.model, with_prototxt=False)
     files = load_model_set(required, model_dir, options.offline, options.progress)
     vocab = files[required.vocab.name].vocabulary()
@@ -155,29 +271,39 @@ def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Networks, Vocabu
         flags = cpu_flags()  # read once: both choices depend on it
         feature = int8_feature_model(feature, options.progress, method_for_flags(flags))
         if int8_decoder_pays(flags):
-            return _onnxruntime_networks(options, feature, int8_decoder_model(decoder, options.progress),
-                                         decoder, int8_step_model), vocab
+            return _Plan(feature, int8_decoder_model(decoder, options.progress), decoder, int8_step_model), vocab
         logger.debug("the decoder stays fp32 on this CPU (no VNNI)")
+    elif imported and backend in ("ailia", "auto"):
+        # An imported decoder has no ailia .prototxt (only the ailia-models converter makes those).
+        if backend == "ailia":
+            raise CaptionError(f"{options.model} is an imported model, which runs on ONNX Runtime only; "
+                               "use --backend onnxruntime or auto")
+        logger.info("%s is an imported model: running on ONNX Runtime", options.model)
     elif backend in ("ailia", "auto"):
         try:
-            return _load_ailia(options, model_dir, feature, decoder), vocab
+            return _Plan(feature, decoder, decoder, ailia=_load_ailia(options, model_dir, feature, decoder)), vocab
         except CaptionError as exc:
             if backend == "ailia":
                 raise
             logger.warning("ailia SDK not used: %s. Running on ONNX Runtime instead.", exc)
-    return _onnxruntime_networks(options, feature, decoder, decoder), vocab
+    return _Plan(feature, decoder, decoder), vocab
 
 
-def _onnxruntime_networks(options: CaptionerOptions, feature: VerifiedFile, decoder: VerifiedFile,
-                          published_decoder: VerifiedFile, step_model: StepModelFactory = OrtStepModel) -> _Networks:
-    """``decoder`` runs; ``published_decoder`` is the file its weights are recovered from (the same file
-    at fp32; for the int8 decoder, the fp32 file it was made from, which ``step_model`` quantizes alike)."""
-    return _Networks(
-        feature=OnnxRuntimeNetwork(feature.data, options.runtime, name=str(feature.path)),
-        decoder=OnnxRuntimeNetwork(decoder.data, options.runtime, name=str(decoder.path)),
-        decoder_file=published_decoder,
-        step_model=step_model,
-    )
+def _onnxruntime_networks(plan: _Plan, options: CaptionerOptions) -> list[_Networks]:
+    """One feature and one decoder session per worker. ``plan.decoder`` runs; ``plan.published_decoder``
+    is the file its weights are recovered from (the same file at fp32; for the int8 decoder, the fp32
+    file it was made from, which ``plan.step_model`` quantizes alike)."""
+    runtime = options.runtime
+    if options.workers > 1 and runtime.intra_op_threads is None:
+        # Each worker gets its share of the cores; more threads than that would only make them queue.
+        runtime = replace(runtime, intra_op_threads=max(1, available_cores() // options.workers))
+    return [
+        _Networks(
+            feature=OnnxRuntimeNetwork(plan.feature.data, runtime, name=str(plan.feature.path)),
+            decoder=OnnxRuntimeNetwork(plan.decoder.data, runtime, name=str(plan.decoder.path)),
+        )
+        for _ in range(options.workers)
+    ]
 
 
 def _load_ailia(options: CaptionerOptions, model_dir: Path, feature: VerifiedFile,
@@ -196,4 +322,4 @@ def _load_ailia(options: CaptionerOptions, model_dir: Path, feature: VerifiedFil
         prototxt = checked[onnx_file.path.name + ".prototxt"].path
         return AiliaNetwork(prototxt, onnx_file.path, options.runtime)
 
-    return _Networks(feature=net(feature), decoder=net(decoder), decoder_file=decoder)
+    return _Networks(feature=net(feature), decoder=net(decoder))

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 from tqdm import tqdm
 
-from utils.captioner import Captioner, CaptionerOptions, CaptionResult
+from utils.captioner import Captioned, Captioner, CaptionerOptions, CaptionResult
 from utils.decoding.options import DecodingOptions
 from utils.drawing import draw_caption
 from utils.errors import CaptionError
 from utils.inputs import InputItem, expand_inputs
+from utils.metadata import MetadataOptions, MetadataResult, MetadataWriter, require_exiftool
 from utils.output.captions_file import check_captions_file, open_writers
 from utils.output.paths import plan_outputs, save_image
 from utils.output.records import CaptionRecord, RunSummary
@@ -34,6 +37,7 @@ class ImageJob:
     captions_file: Path | None = None  # also write the records here, in its extension's format
     benchmark_count: int = 0  # 0: no benchmark; N: caption each image N times and report timings
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    metadata: MetadataOptions | None = None  # write each caption into its photo's metadata (or a sidecar)
 
 
 @dataclass
@@ -43,11 +47,14 @@ class Outcome:
     error: str | None = None
     output: Path | None = None
     runs: list[dict[str, float]] = field(default_factory=list)  # ms per stage, one dict per run
+    metadata: MetadataResult | None = None
+    metadata_error: str | None = None
 
 
 def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdout,
                load: Callable[[CaptionerOptions], Captioner] = Captioner) -> int:
-    """Caption every input; return the exit status (1 if any input failed)."""
+    """Caption every input, in order, with ``options.workers`` images at once; return the exit status
+    (1 if any input failed)."""
     items = expand_inputs(job.inputs)
     todo = [i for i, item in enumerate(items) if item.path is not None]
     # Everything that can be checked without the models is checked before loading them, so a
@@ -59,45 +66,111 @@ def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdou
         outputs = dict(zip(todo, planned, strict=True))
     if job.captions_file is not None:
         check_captions_file(job.captions_file, [p for item in items if (p := item.path) is not None])
+    if job.metadata is not None and todo:
+        require_exiftool()
     captioner = load(options) if todo else None
-    outcomes: list[Outcome] = []
-    with open_writers(job.format, out, job.captions_file) as writer:
+    totals = _Totals(keep_runs=job.benchmark_count > 0)
+    with open_writers(job.format, out, job.captions_file) as writer, _metadata_writer(job, todo) as metadata:
         writer.begin(len(items))
         with tqdm(total=len(items), unit="image", file=sys.stderr, disable=True if len(items) < 2 else None,
                   leave=False) as bar:
-            for index, item in enumerate(items):
-                outcome = Outcome(item, error=item.error)
-                if captioner is not None and outcome.error is None:
-                    outcome = _caption_one(captioner, job, item, outputs.get(index))
+            for outcome in _outcomes(captioner, job, items, outputs):
+                if metadata is not None:
+                    _write_metadata(metadata, outcome)
                 writer.write(_record(outcome, captioner, job))
-                outcomes.append(outcome)
+                totals.add(outcome)
                 bar.update()
                 if writer.reader_gone and job.savepath is None:
                     break  # nobody reads the captions and nothing is saved: the rest would be wasted work
-        writer.end(_summary(captioner, outcomes, job))
-    return 1 if any(o.error for o in outcomes) else 0
+        writer.end(_summary(captioner, totals, job))
+    return 1 if totals.failed else 0
 
 
-def _caption_one(captioner: Captioner, job: ImageJob, item: InputItem, output: Path | None) -> Outcome:
-    assert item.path is not None
-    outcome = Outcome(item, output=output)
+@dataclass(frozen=True)
+class _Run:
+    index: int
+    item: InputItem
+    last: bool  # the last of this input's runs (several with -b)
+
+
+def _outcomes(captioner: Captioner | None, job: ImageJob, items: list[InputItem],
+              outputs: dict[int, Path]) -> Iterator[Outcome]:
+    """Each input's outcome, in input order; the captioner's workers run ahead of this generator."""
+    if captioner is None:  # nothing to caption: every input is already an error
+        yield from (Outcome(item, error=item.error) for item in items)
+        return
+    runs = max(1, job.benchmark_count)
+    plan = (_Run(index, item, run == runs - 1 or item.error is not None)
+            for index, item in enumerate(items) for run in range(runs if item.error is None else 1))
+    outcome: Outcome | None = None
+    for done in captioner.caption_many(plan, job.decoding, read=_read, keep_images=bool(outputs)):
+        run = done.source
+        if outcome is None:
+            outcome = Outcome(run.item, output=outputs.get(run.index))
+        if outcome.error is None:
+            _finish_run(outcome, done)
+        if run.last:
+            yield outcome
+            outcome = None
+
+
+def _metadata_writer(job: ImageJob, todo: list[int]) -> contextlib.AbstractContextManager[MetadataWriter | None]:
+    """One ExifTool process for the whole run, used from this thread only."""
+    if job.metadata is None or not todo:
+        return contextlib.nullcontext()
+    return MetadataWriter(job.metadata)
+
+
+def _write_metadata(metadata: MetadataWriter, outcome: Outcome) -> None:
+    """The caption into the photo's metadata (or its sidecar). Only the input itself is written, never an
+    annotated copy saved with -s: those are separate files by construction (output/paths.py)."""
+    if outcome.result is None or outcome.item.path is None:
+        return
     try:
-        for _ in range(max(1, job.benchmark_count)):
-            t0 = time.perf_counter()
-            image = read_image(item.path)
-            read_ms = 1e3 * (time.perf_counter() - t0)
-            result = captioner.caption(image, job.decoding)
-            t1 = time.perf_counter()
-            if output is not None:
-                save_image(output, draw_caption(as_bgr(image), result.caption))
-            save_ms = 1e3 * (time.perf_counter() - t1)
-            outcome.runs.append({"read": read_ms, **result.timings, "save": save_ms})
-            outcome.result = result
+        outcome.metadata = metadata.write(outcome.item.path, outcome.result.caption)
     except CaptionError as exc:
-        message = str(exc)
-        outcome.error = message if item.name in message else f"{item.name}: {message}"
+        message, name = str(exc), outcome.item.name
+        outcome.metadata_error = message if name in message else f"{name}: {message}"
+
+
+def _read(run: _Run) -> np.ndarray:
+    if run.item.error is not None:
+        raise CaptionError(run.item.error)
+    assert run.item.path is not None
+    return read_image(run.item.path)
+
+
+def _finish_run(outcome: Outcome, done: Captioned[_Run]) -> None:
+    """Save the image of one run (the time it takes is the run's "save") and keep its timings."""
+    try:
+        if done.error is not None:
+            raise done.error
+        assert done.result is not None
+        t0 = time.perf_counter()
+        if outcome.output is not None and done.image is not None:
+            save_image(outcome.output, draw_caption(as_bgr(done.image), done.result.caption))
+        outcome.runs.append({**done.result.timings, "save": 1e3 * (time.perf_counter() - t0)})
+        outcome.result = done.result
+    except CaptionError as exc:
+        message, name = str(exc), outcome.item.name
+        outcome.error = message if name in message or outcome.item.path is None else f"{name}: {message}"
         outcome.result = None
-    return outcome
+
+
+@dataclass
+class _Totals:
+    """What the summary needs of the outcomes, kept as they pass (memory stays flat over a long run)."""
+
+    keep_runs: bool  # -b: every run's timings go into the summary
+    failed: bool = False
+    images: int = 0
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, outcome: Outcome) -> None:
+        self.failed |= outcome.error is not None or outcome.metadata_error is not None
+        self.images += 1 if outcome.runs else 0
+        if self.keep_runs:
+            self.runs += outcome.runs
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -118,18 +191,20 @@ def _record(outcome: Outcome, captioner: Captioner | None, job: ImageJob) -> Cap
         output=outcome.output,
         timings=outcome.runs[-1],
         benchmark=benchmark,
+        metadata=outcome.metadata,
+        metadata_error=outcome.metadata_error,
     )
 
 
-def _summary(captioner: Captioner | None, outcomes: list[Outcome], job: ImageJob) -> RunSummary:
+def _summary(captioner: Captioner | None, totals: _Totals, job: ImageJob) -> RunSummary:
     if captioner is None:
         return RunSummary()
-    runs = [r for o in outcomes for r in o.runs]
+    runs = totals.runs
     return RunSummary(
         model=captioner.model,
         backend=captioner.backend,
         load_ms=captioner.load_ms,
         benchmark_runs=job.benchmark_count,
         benchmark={stage: [r[stage] for r in runs] for stage in (runs[0] if runs else {})},
-        images=sum(1 for o in outcomes if o.runs),
+        images=totals.images,
     )

@@ -124,16 +124,21 @@ def _recorded_sha256(path: Path) -> str | None:
     return None
 
 
-def _record_sha256(path: Path, digest: str) -> None:
+def checksum_record(path: Path, digest: str) -> tuple[Path, bytes]:
+    """Where the checksum record of ``path`` goes, and its content."""
     # sha256sum's format, so `sha256sum -c model_fc.onnx.sha256` works in the model folder.
+    return _sidecar(path), f"{digest}  {path.name}\n".encode("ascii")
+
+
+def _record_sha256(path: Path, digest: str) -> None:
     try:
-        write_atomic(_sidecar(path), f"{digest}  {path.name}\n".encode("ascii"))
+        write_atomic(*checksum_record(path, digest))
     except OSError as error:
         # Not fatal: the file itself is good, and without a record it is content-checked next time.
         logger.warning("cannot record the checksum of %s (%s)", path, error)
 
 
-def _problem(file: VerifiedFile) -> str | None:
+def _problem(file: VerifiedFile, saved: str = "downloaded") -> str | None:
     """Why the file just read cannot be used, or None when it is fine."""
     recorded = _recorded_sha256(file.path)
     digest = file.sha256
@@ -142,7 +147,7 @@ def _problem(file: VerifiedFile) -> str | None:
         if digest == recorded:
             return None
         # Either may be the damaged one: the file, or its record. Neither is deleted on that evidence.
-        return f"checksum differs from the one recorded when it was downloaded, in {_sidecar(file.path).name}"
+        return f"checksum differs from the one recorded when it was {saved}, in {_sidecar(file.path).name}"
     # Placed here by hand (or a run stopped between saving it and recording its checksum).
     try:
         file.check()
@@ -150,6 +155,17 @@ def _problem(file: VerifiedFile) -> str | None:
         return str(error)
     _record_sha256(file.path, digest)
     return None
+
+
+def reimport_advice(path: Path) -> str:
+    """What to do about a missing or damaged file of an imported model (there is no URL to fetch it from)."""
+    folder = path.parent
+    return (f"import the checkpoint again: delete {folder}, then run --import-checkpoint MODEL.pth INFOS.pkl "
+            f"--name {folder.name}")
+
+
+def _missing_imported(path: Path) -> CaptionError:
+    return CaptionError(f"{path} is missing; {reimport_advice(path)}")
 
 
 def _missing_message(missing: list[ModelFile], model_dir: Path) -> str:
@@ -174,6 +190,7 @@ def _fetch(f: ModelFile, path: Path, progress: bool) -> None:
         check_file(f.kind, tmp)
         _record_sha256(path, sha256_bytes(tmp.read_bytes()))
 
+    assert f.url is not None, "imported files are never fetched"
     download(f.url, path, check_and_record, progress)
 
 
@@ -181,6 +198,8 @@ def load_file(f: ModelFile, model_dir: Path, offline: bool, progress: bool = Tru
     """``f`` from ``model_dir``, read once and checked; fetched first if missing or corrupt (unless offline)."""
     model_dir = model_dir.absolute()
     path = model_dir / f.name
+    if f.url is None and not path.exists():
+        raise _missing_imported(path)
     if offline and not path.exists():
         raise CaptionError(_missing_message([f], model_dir))
     if not offline:
@@ -198,13 +217,17 @@ def load_file(f: ModelFile, model_dir: Path, offline: bool, progress: bool = Tru
 def _load_locked(f: ModelFile, path: Path, offline: bool, progress: bool) -> VerifiedFile:
     # Looked at only under the lock: another process may have fetched or replaced it meanwhile.
     if not path.exists():
+        if f.url is None:
+            raise _missing_imported(path)
         if offline:
             raise CaptionError(_missing_message([f], path.parent))
     else:
         file = VerifiedFile(f.kind, path, path.read_bytes())
-        problem = _problem(file)
+        problem = _problem(file, "downloaded" if f.url else "imported")
         if problem is None:
             return file
+        if f.url is None:
+            raise CaptionError(f"{path} is corrupt ({problem}); {reimport_advice(path)}")
         if offline:
             raise CaptionError(f"{path} is corrupt ({problem}); run without --offline to fetch a good copy "
                                "(the file is replaced only once the new one is verified)")
@@ -246,6 +269,9 @@ def load_model_set(
     if offline:
         missing = [f for f in wanted if not (model_dir / f.name).exists()]
         if missing:
+            imported = [f for f in missing if f.url is None]
+            if imported:  # nothing to download: the advice is to import again
+                raise _missing_imported(model_dir / imported[0].name)
             raise CaptionError(_missing_message(missing, model_dir))
     loaded = {f.name: load_file(f, model_dir, offline, progress) for f in wanted}
     _check_vocab_matches_decoder(ms, loaded)

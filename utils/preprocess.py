@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,7 +32,9 @@ _READ_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to a BGR (or grey) array, 8- or 16-bit, EXIF orientation applied."""
+    """Decode an image file to a BGR (or grey) array, 8- or 16-bit, EXIF orientation applied. Safe to
+    call from several threads at once. libpng's warnings about harmless defects reach stderr unless the
+    caller silences them (utils/stderr.py)."""
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
@@ -43,33 +42,12 @@ def read_image(path: Path) -> np.ndarray:
     if data.size == 0:
         raise CaptionError(f"{path} is an empty file (0 bytes)")
     try:
-        with _decoder_warnings_silenced():
-            image = cv2.imdecode(data, _READ_FLAGS)
+        image = cv2.imdecode(data, _READ_FLAGS)
     except cv2.error as exc:
         raise CaptionError(_decode_failure(path, exc)) from None
     if image is None:
         raise CaptionError(f"{path} is not an image OpenCV can decode (corrupt or unsupported format)")
     return image
-
-
-@contextlib.contextmanager
-def _decoder_warnings_silenced() -> Iterator[None]:
-    """libpng and libtiff print warnings about harmless defects (a bad CRC in a text chunk, an odd colour
-    profile) straight to the process's stderr, past OpenCV's logging; the image decodes all the same, and
-    a failure is reported by this program in its own words. Decoding runs on the main thread only."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all: nothing to protect
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _decode_failure(path: Path, exc: cv2.error) -> str:

@@ -11,6 +11,7 @@ fails, one warning per run says why and the caption is the graph's greedy output
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -61,17 +62,17 @@ class CaptionDecoder:
     def __init__(self, graph: GreedyGraphDecoder, model: bytes | onnx.ModelProto | None, words: Sequence[str],
                  name: str = "the decoder", step_model: StepModelFactory = OrtStepModel) -> None:
         self._graph = graph
-        self._onnx_model = model
-        self._name = name
         self._words = tuple(words)
         self._unk, self._bad_endings = vocabulary_indices(self._words)
-        self._factory = step_model
-        self._model: StepModel | None = None
-        self._failure: str | None = None  # why no step model can be built
-        self._traced_steps: int | None = None  # steps the graph computes, from the recovered weights
-        self._warned = False
-        self._lock = threading.Lock()
+        self._search = _SearchModel(model, name, self._words, step_model)
         self.last_source = "graph"  # "graph", "search" or "fallback": what made the last caption
+
+    def with_graph(self, graph: GreedyGraphDecoder) -> CaptionDecoder:
+        """A decoder for another worker's session of the same graph. The step model is shared (built
+        once, for whichever worker needs it first): its sessions are stateless and may run concurrently."""
+        twin = copy.copy(self)
+        twin._graph, twin.last_source = graph, "graph"
+        return twin
 
     def __call__(self, fc: np.ndarray, options: DecodingOptions | None = None) -> Decoded:
         options = options or DecodingOptions()
@@ -79,17 +80,17 @@ class CaptionDecoder:
         # The steps the trace computed are known once the weights are recovered; a --max-length needs
         # them to tell whether the graph's own caption is long enough.
         if needs_search(options, int(seq.shape[0])) or options.max_length is not None:
-            self.step_model()
+            self._search.model()
         # Upstream's loop traced with an early stop pads its outputs with constant zeros after the
         # computed steps: those are not words the graph chose.
-        steps = min(int(seq.shape[0]), self._traced_steps or int(seq.shape[0]))
+        steps = min(int(seq.shape[0]), self._search.traced_steps or int(seq.shape[0]))
         seq, logprobs = seq[:steps], logprobs[:steps]
         length = options.max_length or steps
         if not needs_search(options, steps):
             self.last_source = "graph"
             return _graph_result(seq, logprobs, options, length)
-        model = self.step_model()
-        problem = self._failure
+        model = self._search.model()
+        problem = self._search.failure
         if model is not None:
             # The replay rides along as one more row of the search's own steps (a step costs about the
             # same for 1 or 6 rows); its verdict decides whether the search's result is used.
@@ -99,20 +100,40 @@ class CaptionDecoder:
             hypotheses = search(replay, fc, options, context, np.random.default_rng(options.seed), start)
             problem = replay.mismatch(logprobs)
         if model is None or problem is not None:
-            self._warn(options, problem or "unknown reason")
+            self._search.warn(options, problem or "unknown reason")
             self.last_source = "fallback"
             return _graph_result(seq, logprobs, options, min(length, steps))
         self.last_source = "search"
         return _search_result(hypotheses, options)
 
     def step_model(self) -> StepModel | None:
-        """The step model, built on first use; None (with ``_failure`` set) if the weights cannot be had."""
+        """The step model, built on first use; None if the weights cannot be had."""
+        return self._search.model()
+
+
+class _SearchModel:
+    """The step model of one decoder file, built on first need and shared by every worker's decoder."""
+
+    def __init__(self, model: bytes | onnx.ModelProto | None, name: str, words: tuple[str, ...],
+                 factory: StepModelFactory) -> None:
+        self._onnx_model = model
+        self._name = name
+        self._words = words
+        self._factory = factory
+        self._model: StepModel | None = None
+        self.failure: str | None = None  # why no step model can be built
+        self.traced_steps: int | None = None  # steps the graph computes, from the recovered weights
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def model(self) -> StepModel | None:
+        """The step model; None (with ``failure`` set) if the weights cannot be had."""
         with self._lock:
-            if self._model is None and self._failure is None:
+            if self._model is None and self.failure is None:
                 try:
                     self._model = self._build()
                 except RecoveryError as exc:
-                    self._failure = f"its weights could not be recovered ({exc})"
+                    self.failure = f"its weights could not be recovered ({exc})"
                 else:
                     logger.debug("decoder weights recovered from %s", self._name)
                 self._onnx_model = None  # built or failed for good: its ~50 MB are no longer needed
@@ -122,7 +143,7 @@ class CaptionDecoder:
         if self._onnx_model is None:
             raise RecoveryError("the decoder's ONNX file is not known")
         weights = recover_weights(self._onnx_model)
-        self._traced_steps = weights.steps
+        self.traced_steps = weights.steps
         if weights.vocab_size != len(self._words):
             raise RecoveryError(
                 f"the decoder has {weights.vocab_size} words but the vocabulary {len(self._words)}"
@@ -132,7 +153,8 @@ class CaptionDecoder:
         except Exception as exc:  # ONNX Runtime raises several types for a graph it cannot run
             raise RecoveryError(f"no step model could be built from them: {exc}") from exc
 
-    def _warn(self, options: DecodingOptions, why: str) -> None:
+    def warn(self, options: DecodingOptions, why: str) -> None:
+        """Once per run at warning level (every worker shares this), then at debug level."""
         message = (f"{options.method_description} is not available for {self._name}: {why}. "
                    "Captions are the graph's own greedy output instead.")
         with self._lock:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.captioner import CaptionResult
+from utils.metadata.writer import MetadataResult
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class CaptionRecord:
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
     benchmark: dict[str, dict[str, float]] | None = None  # -b: min/median/max ms per stage
     video: VideoPosition | None = None  # set for video captions
+    metadata: MetadataResult | None = None  # images with --write-metadata/--metadata-sidecar: what was done
+    metadata_error: str | None = None  # ... or why the caption could not be written there
 
     @property
     def caption(self) -> str | None:
@@ -67,6 +70,7 @@ def as_json(record: CaptionRecord) -> dict[str, Any]:
     )
     if record.result is None:
         return {**where, "caption": None, "error": record.error}
+    metadata = metadata_json(record)
     result = record.result
     out: dict[str, Any] = {
         **where,
@@ -85,4 +89,15 @@ def as_json(record: CaptionRecord) -> dict[str, Any]:
         out["benchmark"] = {stage: rounded(stats) for stage, stats in record.benchmark.items()}
     if record.video is not None and record.video.latency_ms is not None:
         out["latency_ms"] = round(record.video.latency_ms, 1)
+    if metadata is not None:
+        out["metadata"] = metadata
     return out
+
+
+def metadata_json(record: CaptionRecord) -> dict[str, Any] | None:
+    if record.metadata_error is not None:
+        return {"action": "failed", "error": record.metadata_error}
+    if record.metadata is None:
+        return None
+    m = record.metadata
+    return {"action": m.action, "target": str(m.target), "fields": list(m.fields), "existing": m.existing}

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, TextIO
 from tqdm import tqdm
 
 from utils.errors import CaptionError
-from utils.output.records import CaptionRecord, RunSummary, as_json
+from utils.output.records import CaptionRecord, RunSummary, as_json, metadata_json
 
 logger = logging.getLogger("image_captioning_pytorch")
 
@@ -115,11 +115,28 @@ class TextWriter(ResultWriter):
             line = f"{printable(record.input)}: {caption}" if self._names else caption
         for rank, ranked in enumerate(record.result.nbest or [], start=1):
             line += f"\n  {rank}. {ranked.score:.4f}  {printable(ranked.caption)}"
+        if (note := metadata_note(record)) is not None:
+            line += f"\n  {note}"
         self._emit(line)
+        if record.metadata_error is not None and not self.quiet:
+            logger.error("%s", printable(record.metadata_error))
 
     def end(self, summary: RunSummary) -> None:
         if summary.benchmark_runs and summary.benchmark:
             self._emit(benchmark_table(summary))
+
+
+def metadata_note(record: CaptionRecord) -> str | None:
+    """What --write-metadata/--metadata-sidecar did, when a person should hear of it: a description left
+    alone, or (--dry-run) what would be written. A write that went as asked needs no words."""
+    m = record.metadata
+    if m is None or m.action == "written":
+        return None
+    if m.action == "kept":
+        return (f"metadata kept: {printable(str(m.target))} is already described as "
+                f"{printable(m.existing or '')!r} (--overwrite-metadata replaces it)")
+    replaces = f", replacing {printable(m.existing)!r}" if m.existing else ""
+    return f"would write to {printable(str(m.target))}: {', '.join(m.fields)}{replaces}"
 
 
 def benchmark_table(summary: RunSummary) -> str:
@@ -217,13 +234,14 @@ class SrtWriter(CueWriter):
         return f"{gap}{number}\n{times}\n{text}"
 
 
-IMAGE_COLUMNS = ("input", "caption", "confidence", "output", "error")
+IMAGE_COLUMNS = ("input", "caption", "confidence", "output", "metadata", "error")
 VIDEO_COLUMNS = ("time", "frame", "caption", "confidence")
 
 
 class CsvWriter(ResultWriter):
     """For spreadsheets: a header, then one row per image (failed ones with their error) or per video
-    caption. Images: input,caption,confidence,output,error; video: time,frame,caption,confidence."""
+    caption. Images: input,caption,confidence,output,metadata,error (metadata: what --write-metadata or
+    --metadata-sidecar did: written, kept, would-write or failed); video: time,frame,caption,confidence."""
 
     name = "csv"
     dialect: ClassVar[type[csv.Dialect]] = csv.excel
@@ -239,7 +257,9 @@ class CsvWriter(ResultWriter):
             self._row((round(record.video.time, 3), record.video.frame, caption, confidence))
         else:
             output = "" if record.output is None else str(record.output)
-            self._row((record.input, caption, confidence, output, record.error or ""))
+            metadata = metadata_json(record) or {}
+            error = record.error or record.metadata_error or ""
+            self._row((record.input, caption, confidence, output, metadata.get("action", ""), error))
 
     def _row(self, values: tuple[Any, ...]) -> None:
         line = io.StringIO()

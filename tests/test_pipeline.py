@@ -1,0 +1,236 @@
+"""The ordered, bounded pipeline (utils/pipeline.py), Captioner.caption_many, and image mode's --workers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import RunCli
+from tests.reference import imread
+from utils.captioner import Captioner, CaptionerOptions, default_workers
+from utils.decoding.options import DecodingOptions
+from utils.errors import CaptionError
+from utils.pipeline import ordered_map
+from utils.preprocess import read_image
+from utils.runtime import RuntimeOptions
+
+
+def _pipeline_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("reader-", "worker-"))]
+
+
+def test_results_come_back_in_input_order_whatever_finishes_first() -> None:
+    rng = random.Random(3)
+    delays = [rng.uniform(0, 0.01) for _ in range(60)]
+
+    def slow(x: int) -> int:
+        time.sleep(delays[x])
+        return x * x
+
+    got = [(d.index, d.item, d.value) for d in ordered_map(range(60), lambda x: x, [slow] * 4, readers=3)]
+    assert got == [(i, i, i * i) for i in range(60)]
+    assert _pipeline_threads() == []
+
+
+def test_a_caption_error_is_that_items_result_and_the_rest_go_on() -> None:
+    def prepare(x: int) -> int:
+        if x == 2:
+            raise CaptionError("cannot read two")
+        return x
+
+    def work(x: int) -> int:
+        if x == 5:
+            raise CaptionError("cannot caption five")
+        return -x
+
+    done = list(ordered_map(range(8), prepare, [work, work]))
+    assert [d.index for d in done] == list(range(8))
+    assert [str(d.error) if d.error else d.value for d in done] == [
+        0, -1, "cannot read two", -3, -4, "cannot caption five", -6, -7]
+
+
+@pytest.mark.parametrize("where", ["prepare", "work", "source"])
+def test_an_unexpected_exception_is_raised_at_its_turn_and_every_thread_ends(where: str) -> None:
+    def source() -> Iterator[int]:
+        for x in range(10):
+            if where == "source" and x == 4:
+                raise ZeroDivisionError("source")
+            yield x
+
+    def prepare(x: int) -> int:
+        if where == "prepare" and x == 4:
+            raise ZeroDivisionError("prepare")
+        return x
+
+    def work(x: int) -> int:
+        if where == "work" and x == 4:
+            raise ZeroDivisionError("work")
+        return x
+
+    seen = []
+    with pytest.raises(ZeroDivisionError, match=where):
+        for d in ordered_map(source(), prepare, [work, work], readers=2):
+            seen.append(d.value)
+    assert seen == [0, 1, 2, 3]
+    assert _pipeline_threads() == []
+
+
+@pytest.mark.parametrize(("workers", "readers", "ahead"), [(1, 1, 3), (3, 2, 5), (4, 4, 4)])
+def test_no_more_than_ahead_items_exist_at_once_however_slow_the_caller(workers: int, readers: int,
+                                                                        ahead: int) -> None:
+    alive = 0
+    most = 0
+    lock = threading.Lock()
+
+    def prepare(x: int) -> int:
+        nonlocal alive, most
+        with lock:
+            alive += 1
+            most = max(most, alive)
+        return x
+
+    for d in ordered_map(range(200), prepare, [lambda x: x] * workers, readers=readers, ahead=ahead):
+        time.sleep(0.0005 if d.index % 7 else 0.005)  # a caller slower than the workers now and then
+        with lock:
+            alive -= 1  # the caller is through with this item
+    assert 1 < most <= ahead
+
+
+def test_a_lazy_endless_source_is_read_only_as_far_as_needed() -> None:
+    taken = []
+
+    def endless() -> Iterator[int]:
+        for x in itertools.count():
+            taken.append(x)
+            yield x
+
+    results = ordered_map(endless(), lambda x: x, [lambda x: x, lambda x: x], ahead=6)
+    first = [d.value for d in itertools.islice(results, 10)]
+    results.close()  # type: ignore[attr-defined]  # a generator
+    assert first == list(range(10))
+    assert len(taken) <= 10 + 6 + 1
+    assert _pipeline_threads() == []
+
+
+def test_closing_early_waits_for_the_item_a_worker_holds() -> None:
+    finished: list[int] = []
+    started = threading.Event()
+
+    def work(x: int) -> int:
+        started.set()
+        time.sleep(0.2)
+        finished.append(x)
+        return x
+
+    results = ordered_map(range(100), lambda x: x, [work, work])
+    next(results)
+    started.wait()
+    results.close()  # type: ignore[attr-defined]
+    assert _pipeline_threads() == []  # nothing is left running inside a model when close returns
+    assert len(finished) < 10
+
+
+@pytest.fixture(scope="module")
+def two_workers(model_set_dir: tuple[Path, object]) -> Captioner:
+    return Captioner(CaptionerOptions(model_dir=model_set_dir[0], offline=True, progress=False, workers=2,
+                                      runtime=RuntimeOptions(backend="onnxruntime")))
+
+
+def test_caption_many_gives_what_caption_gives_in_order(two_workers: Captioner, photos: list[Path]) -> None:
+    assert two_workers.workers == 2
+    images = [read_image(p) for p in photos] * 3
+    for options in (DecodingOptions(beam_size=1), DecodingOptions(beam_size=3, nbest=2)):
+        one_by_one = [two_workers.caption(image, options) for image in images]
+        many = list(two_workers.caption_many(iter(images), options))
+        assert [m.source is image for m, image in zip(many, images, strict=True)] == [True] * len(images)
+        assert [m.result.caption if m.result else None for m in many] == [r.caption for r in one_by_one]
+        assert [m.result.nbest if m.result else None for m in many] == [r.nbest for r in one_by_one]
+        assert all(m.error is None and m.image is None for m in many)
+
+
+def test_caption_many_reads_paths_and_reports_each_failure_in_place(two_workers: Captioner, photos: list[Path],
+                                                                    tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    paths = [photos[0], broken, photos[1], tmp_path / "missing.png", photos[2]]
+    many = list(two_workers.caption_many(paths, read=read_image, keep_images=True))
+    assert [m.source for m in many] == paths
+    assert [m.error is not None for m in many] == [False, True, False, True, False]
+    assert "broken.jpg is not an image" in str(many[1].error) and "missing.png" in str(many[3].error)
+    for m in (many[0], many[2], many[4]):
+        assert m.result is not None and m.image is not None
+        assert np.array_equal(m.image, imread(m.source))
+        assert m.result.caption == two_workers.caption(m.image).caption
+        assert set(m.result.timings) == {"read", "preprocess", "features", "decode"}
+
+
+def test_caption_many_refuses_what_is_not_an_image(two_workers: Captioner) -> None:
+    many = list(two_workers.caption_many(["not an image"]))
+    assert "not an image array: str" in str(many[0].error)
+
+
+def test_worker_counts_follow_the_cores() -> None:
+    assert [default_workers(c) for c in (1, 2, 3, 4, 8, 16, 64)] == [1, 2, 3, 2, 4, 8, 32]
+    with pytest.raises(ValueError, match="workers must be from 1 to 64"):
+        CaptionerOptions(workers=0)
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_cli_workers_give_the_same_output_in_the_same_order(run_cli: RunCli, models: Path, photos: list[Path],
+                                                            tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    again = [tmp_path / f"again_{p.name}" for p in reversed(photos)]
+    for copy in again:
+        copy.write_bytes(next(p for p in photos if p.name == copy.name.removeprefix("again_")).read_bytes())
+    inputs = [*photos, tmp_path / "empty.png", tmp_path / "missing.jpg", *again]
+    runs = {}
+    for workers in ("1", "3"):
+        out = tmp_path / f"out{workers}"
+        proc = run_cli("-i", *inputs, "-s", out, "--json", "--workers", workers, "--beam-size", "2",
+                       "--model-dir", models, "--offline", "--onnx")
+        assert proc.returncode == 1  # two inputs fail; the rest are captioned
+        records = _json_lines(proc.stdout)
+        runs[workers] = [(r["input"], r.get("caption"), r.get("error")) for r in records]
+        saved = sorted(p.name for p in out.iterdir())
+        assert saved == sorted(p.name for p in [*photos, *again])
+        for path in out.iterdir():
+            assert cv2.imread(str(path)) is not None
+    assert runs["1"] == runs["3"]
+    assert [name for name, _, _ in runs["1"]] == [str(p) for p in inputs]
+    assert [error is not None for _, _, error in runs["1"]] == [False] * len(photos) + [True, True] + [False] * len(
+        again)
+
+
+def test_cli_benchmark_with_workers_times_every_run(run_cli: RunCli, models: Path, photos: list[Path]) -> None:
+    proc = run_cli("-i", *photos[:3], "-b", "-bc", "3", "--workers", "2", "--json", "--model-dir", models,
+                   "--offline", "--onnx")
+    assert proc.returncode == 0, proc.stderr
+    records = _json_lines(proc.stdout)
+    assert len(records) == 3
+    for record in records:
+        bench = record["benchmark"]
+        assert isinstance(bench, dict)
+        assert set(bench) == {"read", "preprocess", "features", "decode", "save"}
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--workers", "0"], "--workers: must be at least 1"),
+    (["--workers", "65"], "--workers: must be at most 64"),
+    (["--workers", "2", "--backend", "ailia"], "the ailia SDK runs one"),
+    (["-v", "clip.avi", "--workers", "2"], "--workers is for images"),
+])
+def test_cli_refuses_impossible_worker_counts(run_cli: RunCli, flags: list[str], message: str) -> None:
+    proc = run_cli(*flags)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

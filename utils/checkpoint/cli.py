@@ -1,0 +1,38 @@
+"""The ``--import-checkpoint`` option of the command line (README, "Importing your own checkpoint")."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from models import default_model_dir
+
+
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("importing your own checkpoint")
+    g.add_argument("--import-checkpoint", nargs=2, type=Path, metavar=("MODEL.pth", "INFOS.pkl"), default=None,
+                   help="convert an ImageCaptioning.pytorch newfc checkpoint (torch not needed) into a decoder in "
+                        "the model folder, then exit; caption with it using --model NAME")
+    g.add_argument("--name", metavar="NAME", default=None,
+                   help="with --import-checkpoint: the name to give the imported model (lower-case letters, "
+                        "digits, '_' and '-')")
+
+
+def import_usage_error(args: argparse.Namespace) -> str | None:
+    if args.import_checkpoint is None:
+        return "--name only applies to --import-checkpoint" if args.name is not None else None
+    if args.name is None:
+        return "--import-checkpoint needs --name NAME"
+    used = [flag for flag, on in (("-i/--input", args.input is not None), ("-v/--video", args.video is not None))
+            if on]
+    return f"--import-checkpoint cannot be used with {' or '.join(used)}" if used else None
+
+
+def run_import(args: argparse.Namespace) -> int:
+    # Imported here: the checkpoint machinery is loaded only when a checkpoint is imported.
+    from utils.checkpoint.importer import describe, import_checkpoint
+
+    model_pth, infos_pkl = args.import_checkpoint
+    imported = import_checkpoint(model_pth, infos_pkl, args.name, args.model_dir or default_model_dir())
+    print(describe(imported))
+    return 0

@@ -1,0 +1,148 @@
+"""Which state-dict key plays which role in the decoder, and whether a checkpoint fits its infos.
+
+The roles are those of utils/decoding/weights.py (``PARAMETER_NAMES``), so the graph written from them
+carries the initializer names beam search recovers the weights by (docs/models.md §4). Each supported
+``caption_model`` is one ``Architecture``: a key -> role table plus the checks the infos allow.
+Upstream's older ``fc`` model (FCModel) has the same arithmetic and decoding loop under other names
+(``img_embed.*`` for ``fc_embed.*``, ``core.*`` for ``_core.*``); supporting it would be one more
+entry in ``ARCHITECTURES``, once checked against a real ``fc`` checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from utils.checkpoint.infos import Infos
+from utils.decoding.weights import PARAMETER_NAMES
+from utils.errors import CaptionError
+
+logger = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+# The prefix torch.nn.DataParallel puts before every key of the model it wraps.
+DATA_PARALLEL_PREFIX = "module."
+# The published feature model's output width (docs/models.md §2).
+PUBLISHED_FEATURE_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class Architecture:
+    caption_model: str
+    roles: Mapping[str, str]  # state-dict key -> role (a key of utils.decoding.weights.PARAMETER_NAMES)
+
+
+NEWFC = Architecture("newfc", {name: role for role, name in PARAMETER_NAMES.items()})
+ARCHITECTURES: dict[str, Architecture] = {NEWFC.caption_model: NEWFC}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    vocab_size: int  # V
+    encoding: int  # E
+    rnn: int  # R
+    features: int  # F
+
+
+@dataclass(frozen=True)
+class MappedWeights:
+    """The decoder's parameters by role, float32, in PyTorch layouts, and their sizes."""
+
+    arrays: dict[str, F32]
+    sizes: Sizes
+
+
+def architecture(infos: Infos) -> Architecture:
+    found = ARCHITECTURES.get(infos.caption_model)
+    if found is None:
+        supported = ", ".join(sorted(ARCHITECTURES))
+        raise CaptionError(f"{infos.path}: caption_model is {infos.caption_model!r}; only {supported} checkpoints "
+                           "(the FC family of the published models) can be imported")
+    return found
+
+
+def strip_data_parallel(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keys without DataParallel's ``module.`` prefix; every key must have it or none may."""
+    prefixed = [k.startswith(DATA_PARALLEL_PREFIX) for k in state]
+    if not any(prefixed):
+        return dict(state)
+    if not all(prefixed):
+        raise CaptionError("the checkpoint mixes keys with and without the 'module.' prefix")
+    return {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in state.items()}
+
+
+def _expected_shapes(arch: Architecture, infos: Infos,
+                     state: Mapping[str, np.ndarray]) -> tuple[Sizes, dict[str, tuple[int, ...]]]:
+    """The shape each role must have. Sizes the infos leave out are taken from the weights (and the
+    rest of the checks then say whether the weights agree among themselves)."""
+    key_of = {role: key for key, role in arch.roles.items()}
+
+    def dim(role: str, axis: int) -> int:
+        array = state.get(key_of[role])
+        return int(array.shape[axis]) if array is not None and array.ndim > axis else -1
+
+    v = infos.vocab_size
+    e = infos.input_encoding_size if infos.input_encoding_size is not None else dim("embed", 1)
+    r = infos.rnn_size if infos.rnn_size is not None else dim("h2h_w", 1)
+    f = infos.fc_feat_size if infos.fc_feat_size is not None else dim("fc_w", 1)
+    shapes = {
+        "embed": (v + 1, e), "fc_w": (e, f), "fc_b": (e,), "i2h_w": (5 * r, e), "i2h_b": (5 * r,),
+        "h2h_w": (5 * r, r), "h2h_b": (5 * r,), "logit_w": (v + 1, r), "logit_b": (v + 1,),
+    }
+    return Sizes(v, e, r, f), shapes
+
+
+def map_weights(state: Mapping[str, np.ndarray], infos: Infos, checkpoint_name: str) -> MappedWeights:
+    """Check ``state`` (a state dict) against ``infos`` and return its parameters by role.
+
+    Every difference is reported, in one line: missing and extra keys, shapes, non-float or
+    non-finite values."""
+    arch = architecture(infos)
+    where = f"{checkpoint_name} does not fit {infos.path.name}"
+    if infos.num_layers not in (None, 1):
+        raise CaptionError(f"{infos.path}: num_layers is {infos.num_layers}; {arch.caption_model} has one LSTM layer")
+    if infos.logit_layers not in (None, 1):
+        raise CaptionError(f"{infos.path}: logit_layers is {infos.logit_layers}; only a single logit layer "
+                           "(upstream's default) can be imported")
+    try:
+        state = strip_data_parallel(state)
+    except CaptionError as error:
+        raise CaptionError(f"{checkpoint_name}: {error}") from None
+    missing = [k for k in arch.roles if k not in state]
+    extra = [k for k in state if k not in arch.roles]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        problems.append(f"unexpected {shown} (is it a {arch.caption_model} checkpoint?)")
+    sizes, shapes = _expected_shapes(arch, infos, state)
+    described = (f"vocab_size {sizes.vocab_size}, input_encoding_size {sizes.encoding}, rnn_size {sizes.rnn}, "
+                 f"fc_feat_size {sizes.features}")
+    for key, role in arch.roles.items():
+        array = state.get(key)
+        if array is None:
+            continue
+        if tuple(array.shape) != shapes[role]:
+            problems.append(f"{key} has shape {_shape(array.shape)}, the infos ({described}) give "
+                            f"{_shape(shapes[role])}")
+        elif not np.issubdtype(array.dtype, np.floating):
+            problems.append(f"{key} holds {array.dtype} values, not floating point")
+        elif not np.isfinite(array).all():
+            problems.append(f"{key} holds non-finite values")
+    if problems:
+        raise CaptionError(f"{where}: {'; '.join(problems)}")
+    if sizes.features != PUBLISHED_FEATURE_SIZE:
+        logger.warning("%s takes %d-value image vectors; the published feature model gives %d, so it will "
+                       "only run beside a feature model of its own width", checkpoint_name, sizes.features,
+                       PUBLISHED_FEATURE_SIZE)
+    arrays = {role: np.ascontiguousarray(state[key], dtype=np.float32) for key, role in arch.roles.items()}
+    return MappedWeights(arrays, sizes)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ")"

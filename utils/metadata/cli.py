@@ -1,0 +1,44 @@
+"""The photo-metadata options of the command line (README, "Alt text in photo metadata")."""
+
+from __future__ import annotations
+
+import argparse
+
+from utils.metadata.writer import MetadataOptions
+
+
+def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("alt text in photo metadata (-i)")
+    g.add_argument("--write-metadata", action="store_true",
+                   help="write each caption into its photo's metadata as description and alt text (XMP, and "
+                        "EXIF/IPTC where the format has them); needs ExifTool")
+    g.add_argument("--metadata-sidecar", action="store_true",
+                   help="write each caption into an XMP sidecar beside the photo (photo.jpg.xmp) instead, "
+                        "leaving the photo untouched")
+    g.add_argument("--overwrite-metadata", action="store_true",
+                   help="replace a description already there (otherwise such a photo is left alone and reported)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="report what --write-metadata or --metadata-sidecar would write, and change nothing")
+
+
+def metadata_usage_error(args: argparse.Namespace) -> str | None:
+    if args.write_metadata and args.metadata_sidecar:
+        return "--write-metadata writes into the photos, --metadata-sidecar beside them: choose one"
+    writing = args.write_metadata or args.metadata_sidecar
+    used = [flag for flag, on in (("--write-metadata", args.write_metadata),
+                                  ("--metadata-sidecar", args.metadata_sidecar),
+                                  ("--overwrite-metadata", args.overwrite_metadata), ("--dry-run", args.dry_run))
+            if on]
+    if used and args.video is not None:
+        return f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to images (-i)"
+    if not writing:
+        needs = [flag for flag in used if flag in ("--overwrite-metadata", "--dry-run")]
+        if needs:
+            return f"{' and '.join(needs)} need{'s' if len(needs) == 1 else ''} --write-metadata or --metadata-sidecar"
+    return None
+
+
+def metadata_options(args: argparse.Namespace) -> MetadataOptions | None:
+    if not (args.write_metadata or args.metadata_sidecar):
+        return None
+    return MetadataOptions(sidecar=args.metadata_sidecar, overwrite=args.overwrite_metadata, dry_run=args.dry_run)

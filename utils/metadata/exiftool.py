@@ -1,0 +1,337 @@
+"""One ExifTool process for a whole run, driven through its ``-stay_open`` argument file on stdin.
+
+Perl's start-up costs 0.1-0.2 s, so a process per photo would dominate a batch; ``-stay_open True -@ -``
+keeps one process reading commands from stdin. Each command ends with ``-execute{N}``; ExifTool then
+prints ``{readyN}`` on stdout, and ``-echo4 {readyN}`` puts the same marker on stderr after the command's
+messages, so both streams of one command can be read to their end. Two reader threads drain the pipes
+(select() does not work on pipes on Windows, and a full stderr pipe would block ExifTool).
+
+The argument file takes one argument per line, and a plain line loses its leading blanks and trailing
+CR/LF. Our arguments are options, tag assignments starting with '-', and absolute paths, so only a file
+name holding a line break needs more: a ``#[CSTR]`` line, a C string with ``\\n`` escapes. ExifTool
+12.57 turns '$' and '@' in such a line into '\\$' and '\\@', so a name with both a line break and one
+of those cannot be passed at all (refused). Captions never go through the argument file: they are
+written to a file that ExifTool reads as the tag's value (``-TAG<=FILE``), byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from utils.errors import CaptionError
+
+logger = logging.getLogger(__name__)
+
+# 12.33 (October 2021) added the IPTC 2021.1 tags, XMP-iptcCore:AltTextAccessibility among them.
+MIN_VERSION = (12, 33)
+INSTALL_HINT = (
+    "install ExifTool: 'sudo apt-get install libimage-exiftool-perl' (Debian/Ubuntu), "
+    "'brew install exiftool' (macOS), or the Windows executable from https://exiftool.org"
+)
+# Arguments given once, for every command: file names and values are UTF-8 (the default for values,
+# but Windows file names need it said), and files over 2 GB are read.
+COMMON_ARGS = ("-charset", "filename=UTF8", "-api", "LargeFileSupport=1")
+DEFAULT_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one command printed, without the ``{readyN}`` markers."""
+
+    stdout: str
+    stderr: str
+
+    def errors(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("Error")]
+
+    def warnings(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("Warning")]
+
+
+class ExifToolStopped(CaptionError):
+    """The ExifTool process ended (killed, crashed) or stopped answering."""
+
+
+def find_exiftool() -> str | None:
+    return shutil.which("exiftool")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    match = re.match(r"\s*(\d+)\.(\d+)", text)
+    if match is None:
+        raise ValueError(f"not an ExifTool version: {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def require_exiftool() -> None:
+    """Raise a one-line CaptionError, saying how to install ExifTool, if it is missing or too old."""
+    executable = find_exiftool()
+    if executable is None:
+        raise CaptionError(f"writing metadata needs ExifTool, which is not installed; {INSTALL_HINT}")
+    try:
+        out = subprocess.run([executable, "-ver"], capture_output=True, text=True, timeout=60, check=True).stdout
+        version = parse_version(out)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise CaptionError(f"ExifTool ({executable}) does not run: {exc}; {INSTALL_HINT}") from exc
+    if version < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
+        raise CaptionError(
+            f"ExifTool {out.strip()} is too old (writing alt text needs {need} or newer); {INSTALL_HINT}"
+        )
+
+
+class UnsafeArgument(CaptionError):
+    """An argument (a file name) the argument file cannot carry unchanged."""
+
+
+def encode_arg(arg: str) -> str:
+    """One argument as an argfile line (without its newline); UnsafeArgument if it cannot be one."""
+    if "\n" not in arg and "\r" not in arg:
+        if arg[:1].isspace() or arg.startswith("#") or not arg:
+            raise UnsafeArgument(f"ExifTool cannot be given {arg!r}: its argument file would change it")
+        return arg
+    if "$" in arg or "@" in arg:
+        raise UnsafeArgument(
+            f"ExifTool cannot be given the name {arg!r}: it holds a line break and '$' or '@'; rename the file"
+        )
+    return "#[CSTR]" + arg.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def has_format_codes(path: str) -> bool:
+    """True if ExifTool would read ``path`` given to -o or ``<=`` as a pattern (``%d``, ``%f``, ...):
+    it has no escape for '%', so such a name cannot be passed as one."""
+    return re.search(r"%[-+]?\d*[.:]?\d*[lu]?[dDfFeEtgso]", path) is not None
+
+
+def parse_json(stdout: str) -> list[dict[str, Any]]:
+    # ExifTool prints a value that looks like a number without quotes; keeping the token's text gives
+    # back the string that was written ("1.50" stays "1.50", not 1.5).
+    data = json.loads(stdout, parse_int=str, parse_float=str) if stdout.strip() else []
+    if not isinstance(data, list):
+        raise ValueError("ExifTool's JSON is not a list")
+    return data
+
+
+class ExifTool:
+    """A ``-stay_open`` ExifTool process, started on the first command and restarted after a crash."""
+
+    def __init__(self, command: Sequence[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        # ``command`` replaces the ExifTool executable (tests run it under resource limits).
+        self._command = list(command) if command is not None else None
+        self._timeout = timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._out: queue.Queue[bytes | None] = queue.Queue()
+        self._err: queue.Queue[bytes | None] = queue.Queue()
+        self._sequence = 0
+        self._readers: list[threading.Thread] = []
+
+    def __enter__(self) -> ExifTool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        command = self._command
+        if command is None:
+            executable = find_exiftool()
+            if executable is None:
+                raise CaptionError(f"writing metadata needs ExifTool, which is not installed; {INSTALL_HINT}")
+            command = [executable]
+        args = [*command, "-stay_open", "True", "-@", "-", "-common_args", *COMMON_ARGS]
+        try:
+            # Same process group as ours on purpose: Ctrl-C ends ExifTool too; a dead process is noticed
+            # as the end of its stdout.
+            process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       preexec_fn=_die_with_parent())
+        except OSError as exc:
+            raise CaptionError(f"cannot start ExifTool: {exc.strerror or exc}; {INSTALL_HINT}") from exc
+        self._out, self._err = queue.Queue(), queue.Queue()
+        assert process.stdout is not None and process.stderr is not None
+        self._readers = [
+            threading.Thread(target=_drain, args=(pipe, lines), daemon=True, name="exiftool-reader")
+            for pipe, lines in ((process.stdout, self._out), (process.stderr, self._err))
+        ]
+        for reader in self._readers:
+            reader.start()
+        self._process = process
+        # ExifTool never ends at the end of its stdin (it polls for more, as for a growing file), so a
+        # writer that is never closed must not leave it running: it is killed when this object goes or
+        # the interpreter exits.
+        weakref.finalize(self, _kill_quietly, process)
+        logger.debug("started ExifTool, pid %d", process.pid)
+        return process
+
+    def execute(self, *args: str) -> Reply:
+        """Run one command (the arguments of one ExifTool command line) and return what it printed.
+        Any exception while waiting, Ctrl-C included, kills the process: its answer would otherwise be
+        read as the next command's, and a write it was doing must be over before its output is removed."""
+        process = self._process if self._process is not None and self._process.poll() is None else self._start()
+        self._sequence += 1
+        marker = f"{{ready{self._sequence}}}"
+        lines = [encode_arg(a) for a in args] + ["-echo4", marker, f"-execute{self._sequence}"]
+        try:
+            assert process.stdin is not None
+            try:
+                process.stdin.write(("\n".join(lines) + "\n").encode("utf-8"))
+                process.stdin.flush()
+            except OSError as exc:  # BrokenPipeError: it died between commands
+                raise self._stopped(process, "") from exc
+            deadline = time.monotonic() + self._timeout
+            stdout = self._read_until(process, self._out, marker, deadline)
+            stderr = self._read_until(process, self._err, marker, deadline)
+        except BaseException:
+            self.kill()
+            raise
+        return Reply(stdout, stderr)
+
+    def _read_until(self, process: subprocess.Popen[bytes], lines: queue.Queue[bytes | None], marker: str,
+                    deadline: float) -> str:
+        got: list[bytes] = []
+        end = marker.encode("ascii")
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ExifToolStopped(f"ExifTool did not answer within {self._timeout:.0f} s; it was stopped")
+            try:
+                line = lines.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                raise self._stopped(process, b"".join(got).decode("utf-8", "replace"))
+            if line.rstrip(b"\r\n") == end:
+                return b"".join(got).decode("utf-8", "replace")
+            got.append(line)
+
+    def _stopped(self, process: subprocess.Popen[bytes], output: str) -> ExifToolStopped:
+        try:
+            status = process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            status = None
+        last = output.strip().splitlines()[-1:] if output.strip() else []
+        detail = f" ({last[0]})" if last else ""
+        how = f"exit status {status}" if status is not None and status >= 0 else f"signal {-(status or 0)}"
+        return ExifToolStopped(f"ExifTool stopped unexpectedly ({how}){detail}")
+
+    def read_tags(self, path: Path, tags: Sequence[str]) -> dict[str, str]:
+        """``tags`` (ExifTool group:name) of ``path`` as strings, keyed as asked; absent tags left out."""
+        reply = self.execute("-j", "-G1", "-a", *(f"-{t}" for t in tags), absolute(path))
+        try:
+            records = parse_json(reply.stdout)
+        except ValueError as exc:
+            raise CaptionError(f"cannot read the metadata of {path}: ExifTool's answer is not JSON") from exc
+        record = records[0] if records else {}
+        if not record and reply.errors():
+            raise CaptionError(f"cannot read the metadata of {path}: {clean_message(reply.errors()[0])}")
+        wanted = {t.lower(): t for t in tags}
+        return {wanted[k.lower()]: str(v) for k, v in record.items() if k.lower() in wanted}
+
+    def kill(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        self._finish(process)
+
+    def close(self) -> None:
+        """Ask ExifTool to finish (``-stay_open False``), and kill it if it does not within a few seconds."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            if process.poll() is None and process.stdin is not None:
+                process.stdin.write(b"-stay_open\nFalse\n")
+                process.stdin.flush()
+                process.stdin.close()
+            process.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait()
+        finally:
+            self._finish(process)
+
+    def _finish(self, process: subprocess.Popen[bytes]) -> None:
+        # The readers end at the pipes' end of file, which the process's exit brings; closing a pipe
+        # while its reader is still inside readline() could block, so they are joined first.
+        for reader in self._readers:
+            reader.join(timeout=5)
+        self._readers = []
+        _close_pipes(process)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a function for the child that asks the kernel to kill it when its parent dies, so that
+    even a run killed with SIGKILL leaves no ExifTool behind. (The kernel ties this to the thread that
+    started it; should that thread end first, ExifTool ends and the next command starts a new one.)
+    libc is looked up here, in the parent: the child only makes the one call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_death_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+    return set_death_signal
+
+
+def _kill_quietly(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(OSError):
+            process.kill()
+            process.wait(timeout=5)
+
+
+def _drain(pipe: IO[bytes], lines: queue.Queue[bytes | None]) -> None:
+    try:
+        for line in iter(pipe.readline, b""):
+            lines.put(line)
+    except (OSError, ValueError):  # the pipe was closed under us by kill()
+        pass
+    finally:
+        lines.put(None)
+
+
+def _close_pipes(process: subprocess.Popen[bytes]) -> None:
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+
+def absolute(path: Path) -> str:
+    """A file argument ExifTool can never take for an option: absolute, so never starting with '-'."""
+    return os.path.abspath(path)
+
+
+def clean_message(message: str) -> str:
+    """ExifTool's 'Error: Something - /path/to/file' without the 'Error: ' and the trailing file name."""
+    text = re.sub(r"^(Error|Warning):\s*", "", message.strip())
+    return re.sub(r" - (/|[A-Za-z]:\\).*$", "", text)
