@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import SCRIPT, RunCli, cli_env
+from tests.reference import imread
 from tests.test_metadata import ALL_FIELDS, STRUCTURAL, XMP_DESC, listing, pixels, read_json, tag_name
 
 RUN = ("--offline", "--onnx", "--beam-size", "1")
@@ -26,7 +27,7 @@ NEW_EXIF = {"XResolution", "YResolution", "ResolutionUnit", "YCbCrPositioning"} 
 def photo_folder(folder: Path, count: int = 3) -> list[Path]:
     """JPEG and PNG photos, each with a camera tag already there (which must survive)."""
     folder.mkdir()
-    base = cv2.imread(str(Path(__file__).resolve().parent.parent / "samples" / "chelsea.png"))
+    base = imread(Path(__file__).resolve().parent.parent / "samples" / "chelsea.png")
     paths = []
     for i in range(count):
         path = folder / f"photo{i}.{'jpg' if i % 2 == 0 else 'png'}"
