@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import RunCli
+from tests.conftest import ROOT, RunCli, cli_env
 from tests.reference import imread
 from utils.captioner import Captioner, CaptionerOptions, default_workers
 from utils.decoding.options import DecodingOptions
@@ -234,3 +237,44 @@ def test_cli_benchmark_with_workers_times_every_run(run_cli: RunCli, models: Pat
 def test_cli_refuses_impossible_worker_counts(run_cli: RunCli, flags: list[str], message: str) -> None:
     proc = run_cli(*flags)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+LAZY_FOLDER = """
+import io, sys
+from pathlib import Path
+folder = Path(sys.argv[2])
+opened = set()
+def hook(event, args):
+    if event == "open" and str(args[0]).startswith(str(folder)):
+        opened.add(str(args[0]))
+sys.addaudithook(hook)
+from utils.captioner import CaptionerOptions
+from utils.images import ImageJob, run_images
+from utils.runtime import RuntimeOptions
+
+class Head(io.StringIO):
+    # A reader that leaves after five lines, as `| head -5` does: image mode then stops.
+    def write(self, text):
+        if self.getvalue().count("\\n") >= 5:
+            raise BrokenPipeError
+        return super().write(text)
+
+options = CaptionerOptions(model_dir=Path(sys.argv[1]), offline=True, progress=False, workers=2,
+                           runtime=RuntimeOptions(backend="onnxruntime"))
+status = run_images(ImageJob([str(folder)], format="json"), options, out=Head())
+print(status, len(opened))
+"""
+
+
+def test_a_folder_of_100000_photos_is_listed_by_name_and_read_only_as_far_as_captioned(
+        models: Path, photos: list[Path], tmp_path: Path) -> None:
+    folder = tmp_path / "library"
+    folder.mkdir()
+    for i in range(100_000):  # one photo under 100,000 names: a folder of that size, in seconds
+        os.symlink(photos[0], folder / f"{i:06d}.png")
+    proc = subprocess.run([sys.executable, "-c", LAZY_FOLDER, str(models), str(folder)], capture_output=True,
+                          text=True, env=cli_env(), cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    status, opened = map(int, proc.stdout.split())
+    assert status == 0
+    assert 5 <= opened <= 5 + 2 * 2 + 1 + 1, opened  # what was printed, and what the pipeline had read ahead
