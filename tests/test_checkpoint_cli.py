@@ -161,3 +161,16 @@ def test_a_missing_checkpoint_file(run_cli: RunCli, model_dir: Path, tmp_path: P
                    "--model-dir", model_dir)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"ERROR: cannot read {tmp_path / 'nope.pth'}: No such file or directory"
+
+
+@pytest.mark.parametrize(("pth", "infos", "named", "what"), [
+    ("infos_py2.pkl", "model-zip.pth", "model-zip.pth", "is a torch checkpoint, not an infos file"),
+    ("infos_py3.pkl", "model-legacy.pth", "model-legacy.pth", "is a torch checkpoint, not an infos file"),
+    ("infos_py3.pkl", "infos_py3.pkl", "infos_py3.pkl", "is an infos file, not a checkpoint"),
+])
+def test_files_in_the_wrong_order_are_named_as_such(run_cli: RunCli, model_dir: Path, pth: str, infos: str,
+                                                    named: str, what: str) -> None:
+    proc = run_cli("--import-checkpoint", FIXTURES / pth, FIXTURES / infos, "--name", "mine", "--model-dir", model_dir)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert f"{named} {what}: give MODEL.pth first, then INFOS.pkl" in proc.stderr
+    assert not (model_dir / "imported").exists() or not any((model_dir / "imported").iterdir())

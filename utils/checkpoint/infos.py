@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.checkpoint import unpickler
+from utils.checkpoint.torch_format import LEGACY_MAGIC, ZIP_MAGIC
 from utils.errors import CaptionError
 from vocab import parse_vocabulary
 
@@ -30,13 +31,21 @@ class Infos:
     logit_layers: int | None
 
 
+def _swapped(path: Path) -> CaptionError:
+    return CaptionError(f"{path} is a torch checkpoint, not an infos file: give MODEL.pth first, then INFOS.pkl")
+
+
 def read_infos(path: Path) -> Infos:
     """Read and check ``path``; CaptionError (naming the file) when it is not an upstream infos file."""
     try:
         data = path.read_bytes()
     except OSError as error:
         raise CaptionError(f"cannot read {path}: {error.strerror or error}") from None
+    if data.startswith(ZIP_MAGIC):
+        raise _swapped(path)
     value, _ = unpickler.load(data, path)
+    if value == LEGACY_MAGIC:
+        raise _swapped(path)
     if not isinstance(value, dict) or "opt" not in value or "vocab" not in value:
         raise CaptionError(f"{path} is not an ImageCaptioning.pytorch infos file (no 'opt' and 'vocab' in it)")
     opt = _options(value["opt"], path)

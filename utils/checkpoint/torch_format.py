@@ -25,6 +25,7 @@ from utils.errors import CaptionError
 logger = logging.getLogger(__name__)
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+ZIP_MAGIC = b"PK"  # torch's zip format (torch >= 1.6): how its files begin
 LEGACY_PROTOCOL = 1001
 # Larger than any FC-family checkpoint (the published ones are ~54 MB); guards against reading a
 # wrong, huge file into memory whole.
@@ -115,7 +116,7 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
             raise CaptionError(f"{path} is {size} bytes, larger than any FC-family checkpoint")
         with path.open("rb") as f:
             head = f.read(4)
-        if head.startswith(b"PK"):
+        if head.startswith(ZIP_MAGIC):
             return _read_zip(path)
         return _read_legacy(path, path.read_bytes())
     except OSError as error:
@@ -174,6 +175,8 @@ def _read_legacy(path: Path, data: bytes) -> dict[str, np.ndarray]:
         magic, pos = unpickler.load(data, path)
     except CaptionError:
         raise CaptionError(f"{path} is neither a torch zip checkpoint nor a legacy one") from None
+    if isinstance(magic, dict) and "opt" in magic:
+        raise CaptionError(f"{path} is an infos file, not a checkpoint: give MODEL.pth first, then INFOS.pkl")
     if magic != LEGACY_MAGIC:
         raise CaptionError(f"{path} is neither a torch zip checkpoint nor a legacy one (wrong magic number)")
     protocol, pos = unpickler.load(data, path, pos)
