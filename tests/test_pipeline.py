@@ -278,3 +278,15 @@ def test_a_folder_of_100000_photos_is_listed_by_name_and_read_only_as_far_as_cap
     status, opened = map(int, proc.stdout.split())
     assert status == 0
     assert 5 <= opened <= 5 + 2 * 2 + 1 + 1, opened  # what was printed, and what the pipeline had read ahead
+
+
+def test_one_photo_gets_one_worker_with_every_core(run_cli: RunCli, models: Path, photos: list[Path]) -> None:
+    flags = ["--workers", "3", "--model-dir", models, "--offline", "--onnx", "--debug"]
+    one = run_cli("-i", photos[0], *flags)
+    assert one.returncode == 0 and "DEBUG: 1 worker on onnxruntime" in one.stderr
+    two = run_cli("-i", *photos[:2], *flags)
+    assert two.returncode == 0 and "DEBUG: 2 workers on onnxruntime" in two.stderr
+    benchmark = run_cli("-i", photos[0], "-b", "-bc", "5", *flags)  # times one photo run after run
+    assert benchmark.returncode == 0 and "DEBUG: 1 worker on onnxruntime" in benchmark.stderr
+    many = run_cli("-i", *photos, *flags)
+    assert many.returncode == 0 and "DEBUG: 3 workers on onnxruntime" in many.stderr

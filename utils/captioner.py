@@ -147,6 +147,7 @@ class Captioner:
             self._workers.append(_Worker(nets.feature, first_input(nets.feature), other, decoder.with_graph(other)))
         self._check_roles(first)
         self.load_ms = 1e3 * (time.perf_counter() - start)
+        logger.debug("%d worker%s on %s", len(self._workers), "" if len(self._workers) == 1 else "s", self.backend)
 
     def _check_roles(self, nets: _Networks) -> None:
         """Run both models once on a tiny image, so that a valid model file in the wrong place (a decoder

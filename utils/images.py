@@ -8,7 +8,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -68,7 +68,9 @@ def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdou
         check_captions_file(job.captions_file, [p for item in items if (p := item.path) is not None])
     if job.metadata is not None and todo:
         require_exiftool()
-    captioner = load(options) if todo else None
+    # More workers than photos would only take cores from the ones that have work: a single photo gets
+    # one worker with every core, and so the shortest time (and -b on it times that, run after run).
+    captioner = load(replace(options, workers=min(options.workers, len(todo)))) if todo else None
     totals = _Totals(keep_runs=job.benchmark_count > 0)
     with open_writers(job.format, out, job.captions_file) as writer, _metadata_writer(job, todo) as metadata:
         writer.begin(len(items))

@@ -18,7 +18,7 @@ def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite-metadata", action="store_true",
                    help="replace a description already there (otherwise such a photo is left alone and reported)")
     g.add_argument("--dry-run", action="store_true",
-                   help="report what --write-metadata or --metadata-sidecar would write, and change nothing")
+                   help="report what --write-metadata or --metadata-sidecar would write, and write no metadata")
 
 
 def metadata_usage_error(args: argparse.Namespace) -> str | None:
