@@ -29,11 +29,11 @@ def commit(out: IO[Any], tmp: Path, dest: Path) -> None:
     os.fsync(out.fileno())
     out.close()
     os.replace(tmp, dest)
-    _sync_folder(dest.parent)
+    sync_folder(dest.parent)
 
 
-def _sync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; POSIX only (Windows cannot open a folder this way).
+def sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; POSIX only (Windows cannot open a folder this way)."""
     if sys.platform == "win32":
         return
     fd = os.open(folder, os.O_RDONLY)

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models import DECODERS, IMPORTED_DECODER, IMPORTED_FOLDER, IMPORTED_NAME, IMPORTED_VOCAB
-from utils.atomic import write_atomic
+from utils.atomic import sync_folder, write_atomic
 from utils.checkpoint.graph import DEFAULT_STEPS, INPUT_NAME, decoder_graph
 from utils.checkpoint.infos import read_infos
 from utils.checkpoint.newfc import MappedWeights, Sizes, architecture, map_weights
@@ -111,7 +110,7 @@ def _write(model_dir: Path, dest: Path, files: dict[str, bytes]) -> None:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _sync(parent)
+            sync_folder(parent)
     except OSError as error:
         raise CaptionError(f"cannot write the imported model to {dest}: {error.strerror or error}") from None
 
@@ -122,17 +121,6 @@ def _sweep(parent: Path) -> None:
         if leftover.is_dir():
             logger.debug("removing %s, left by an interrupted import", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _sync(folder: Path) -> None:
-    # Makes the rename durable (POSIX; Windows cannot open a folder for fsync).
-    if sys.platform == "win32":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def describe(imported: Imported) -> str:

@@ -10,6 +10,7 @@ import stat
 import sys
 from pathlib import Path
 
+from utils.atomic import sync_folder
 from utils.errors import CaptionError
 from utils.output.paths import read_only_file_system
 
@@ -88,16 +89,6 @@ def commit(tmp: Path, target: Path) -> None:
         os.close(fd)
     os.replace(tmp, target)
     sync_folder(target.parent)
-
-
-def sync_folder(folder: Path) -> None:
-    if sys.platform == "win32":  # a folder cannot be opened for fsync there
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_quietly(path: Path) -> None:
