@@ -131,8 +131,7 @@ def _write_metadata(metadata: MetadataWriter, outcome: Outcome) -> None:
     try:
         outcome.metadata = metadata.write(outcome.item.path, outcome.result.caption)
     except CaptionError as exc:
-        message, name = str(exc), outcome.item.name
-        outcome.metadata_error = message if name in message else f"{name}: {message}"
+        outcome.metadata_error = _naming_input(outcome.item, str(exc))
 
 
 def _read(run: _Run) -> np.ndarray:
@@ -154,9 +153,14 @@ def _finish_run(outcome: Outcome, done: Captioned[_Run]) -> None:
         outcome.runs.append({**done.result.timings, "save": 1e3 * (time.perf_counter() - t0)})
         outcome.result = done.result
     except CaptionError as exc:
-        message, name = str(exc), outcome.item.name
-        outcome.error = message if name in message or outcome.item.path is None else f"{name}: {message}"
+        outcome.error = _naming_input(outcome.item, str(exc))
         outcome.result = None
+
+
+def _naming_input(item: InputItem, message: str) -> str:
+    """``message``, prefixed with the input's name unless it already says which input it is about (the
+    listing's own errors always do)."""
+    return message if item.name in message or item.path is None else f"{item.name}: {message}"
 
 
 @dataclass

@@ -106,10 +106,6 @@ class CaptionDecoder:
         self.last_source = "search"
         return _search_result(hypotheses, options)
 
-    def step_model(self) -> StepModel | None:
-        """The step model, built on first use; None if the weights cannot be had."""
-        return self._search.model()
-
 
 class _SearchModel:
     """The step model of one decoder file, built on first need and shared by every worker's decoder."""
