@@ -25,6 +25,7 @@ if __name__ == "__main__":
     apply_decoding_limit()  # OpenCV reads it once, when it loads
 
 import argparse  # noqa: E402
+import io  # noqa: E402
 import logging  # noqa: E402
 import traceback  # noqa: E402
 from dataclasses import replace  # noqa: E402
@@ -232,6 +233,10 @@ def main(argv: list[str] | None = None, standalone: bool = False) -> int:
             or metadata_usage_error(args)
             or model_usage_error(args, model_dir)):
         parser.error(problem)
+    if standalone and isinstance(sys.stdout, io.TextIOWrapper):
+        # A file name that is not valid UTF-8 reaches Python as lone surrogates; printed, it becomes the
+        # bytes it came from again, so every output names the file exactly (README, "Limits").
+        sys.stdout.reconfigure(errors="surrogateescape")
     quiet_libraries = standalone and not args.debug
     if quiet_libraries:
         own_stderr()  # before logging keeps a reference to sys.stderr; see utils/stderr.py

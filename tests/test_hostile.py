@@ -8,8 +8,11 @@ runs (this needs root, as CI has; elsewhere those tests are skipped and say why)
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -367,8 +370,6 @@ def test_a_valid_model_in_the_wrong_slot_is_named_at_load(run_cli: RunCli, model
 def test_int8_files_onto_a_full_disk(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
     used = sum(p.stat().st_size for p in models.iterdir())
     with small_disk(tmp_path / "disk", f"{used // 1024 + 64}k") as disk:
-        import shutil
-
         shutil.copytree(models, disk / "models")
         proc = run_cli("-i", SAMPLE, "--model-dir", disk / "models", "--offline", "--onnx", "--precision", "int8")
         assert proc.returncode == 1
@@ -376,3 +377,189 @@ def test_int8_files_onto_a_full_disk(run_cli: RunCli, models: Path, tmp_path: Pa
         assert len([line for line in proc.stderr.splitlines() if line.startswith("ERROR")]) == 1
         assert leftovers(disk) == [] and not list((disk / "models").glob(".derived-build-*"))
         assert not list((disk / "models").glob("*.int8-*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Round 3: links and pipes where outputs go, names that are not UTF-8, huge files, a file swapped
+# for a pipe after listing, and the smaller findings of that round
+# ---------------------------------------------------------------------------------------------
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("ERROR")]
+
+
+def test_a_linked_sidecar_is_refused_and_what_it_points_at_is_kept(run_cli: RunCli, models: Path,
+                                                                   tmp_path: Path) -> None:
+    """photo.png.xmp linking to another photo once had that photo replaced by an XMP packet (exit 0); a link
+    into a folder that does not exist ended the whole run with an internal error."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (photos / name).write_bytes(SAMPLE.read_bytes())
+    victim, notes = tmp_path / "victim.png", tmp_path / "notes.txt"
+    victim.write_bytes(SAMPLE.read_bytes())
+    notes.write_text("my notes\n")
+    (photos / "a.png.xmp").symlink_to(victim)
+    (photos / "b.png.xmp").symlink_to(tmp_path / "no-such-folder" / "b.xmp")
+    (photos / "c.png.xmp").symlink_to(notes)
+    extra = photos / "d.png"
+    extra.write_bytes(SAMPLE.read_bytes())
+    proc = run_cli("-i", photos, "--metadata-sidecar", "--json", *flags(models))
+    assert proc.returncode == 1
+    got = {Path(r["input"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert all(got[name]["caption"] for name in ("a.png", "b.png", "c.png", "d.png"))  # every photo captioned
+    for name in ("a.png", "b.png", "c.png"):
+        assert got[name]["metadata"]["action"] == "failed"
+        assert "is a symbolic link" in got[name]["metadata"]["error"]
+    assert got["d.png"]["metadata"]["action"] == "written" and (photos / "d.png.xmp").is_file()
+    assert proc.stderr == ""  # with --json, each failure is told in its record
+    assert victim.read_bytes() == SAMPLE.read_bytes() and notes.read_text() == "my notes\n"
+    assert all((photos / f"{n}.png.xmp").is_symlink() for n in "abc")
+
+
+def test_outputs_are_never_written_through_links_or_into_pipes(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    linked = tmp_path / "out.png"
+    linked.symlink_to(victim)
+    one = run_cli("-i", SAMPLE, "-s", linked, *flags(models))
+    assert one.returncode == 1 and one.stdout == "" and "is a symbolic link" in one.stderr
+    listing = tmp_path / "captions.csv"
+    listing.symlink_to(victim)
+    table = run_cli("-i", SAMPLE, "--captions-file", listing, *flags(models))
+    assert table.returncode == 1 and table.stdout == "" and "is a symbolic link" in table.stderr
+    fifo = tmp_path / "captions.json"
+    os.mkfifo(fifo)
+    piped = run_cli("-i", SAMPLE, "--captions-file", fifo, *flags(models), timeout=60)
+    assert piped.returncode == 1 and "is a pipe, device or socket" in piped.stderr
+    assert victim.read_bytes() == b"precious" and linked.is_symlink() and listing.is_symlink()
+    # Several inputs into a folder: only the image whose output is a link fails; the others are saved.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cat.png").symlink_to(victim)
+    second = tmp_path / "dog.png"
+    second.write_bytes(SAMPLE.read_bytes())
+    cat = tmp_path / "cat.png"
+    cat.write_bytes(SAMPLE.read_bytes())
+    many = run_cli("-i", cat, second, "-s", out, *flags(models))
+    assert many.returncode == 1 and len(error_lines(many.stderr)) == 1 and "cat.png" in many.stderr
+    assert cv2.imread(str(out / "dog.png")) is not None and (out / "cat.png").is_symlink()
+    assert victim.read_bytes() == b"precious" and leftovers(tmp_path) == []
+
+
+def test_a_captions_file_among_the_devices_is_refused(run_cli: RunCli, models: Path) -> None:
+    """As root, --captions-file /dev/stdout.csv created a regular file in /dev."""
+    target = Path("/dev/stdout.csv")
+    assert not target.exists()
+    proc = run_cli("-i", SAMPLE, "--captions-file", target, *flags(models))
+    assert proc.returncode == 1 and "holds the system's devices" in proc.stderr
+    assert not target.exists()
+
+
+def test_names_that_are_not_utf8_round_trip_in_every_output(models: Path, tmp_path: Path) -> None:
+    """A name with a Latin-1 byte once stopped the run with --write-metadata, and with --captions-file the
+    file was never written and the error blamed standard output."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    name = b"caf\xe9 \xff.png"
+    (folder / os.fsdecode(name)).write_bytes(SAMPLE.read_bytes())
+    table = tmp_path / "captions.csv"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "-i", folder, "--json", "--write-metadata",
+                           "--captions-file", table, *flags(models)], capture_output=True, env=cli_env(), timeout=120)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    record = json.loads(proc.stdout.decode("utf-8", "surrogateescape"))
+    assert os.fsencode(record["input"]) == bytes(folder) + b"/" + name and record["caption"]
+    assert record["metadata"]["action"] == "written"
+    rows = list(csv.reader(io.StringIO(table.read_bytes().decode("utf-8", "surrogateescape"), newline="")))
+    assert os.fsencode(rows[1][0]) == os.fsencode(record["input"]) and rows[1][1] == record["caption"]
+    text = subprocess.run([sys.executable, str(SCRIPT), "-i", folder, folder / "x.png", *flags(models)],
+                          capture_output=True, env=cli_env(), timeout=120)
+    assert bytes(folder) + b"/" + name + b": " in text.stdout
+
+
+def test_huge_files_are_refused_by_their_size_before_they_are_read(models: Path, tmp_path: Path) -> None:
+    """A 40 GB sparse big.jpg ended the run with MemoryError; a large non-image cost its size in memory."""
+    sparse = tmp_path / "big.jpg"
+    with sparse.open("wb") as f:
+        f.truncate(40 << 30)
+    junk = tmp_path / "junk.png"
+    with junk.open("wb") as f:
+        f.truncate(200 << 20)  # within the size bound, but not an image
+    proc, peak = peak_rss_mb(["-i", sparse, junk, SAMPLE, "--json", *flags(models)])
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1 and [r["caption"] is None for r in records] == [True, True, False]
+    assert "40.0 GB, more than an image of 134 megapixels can take" in records[0]["error"]
+    assert "do not start like any image format" in records[1]["error"]
+    assert peak < 600, f"peak RSS {peak:.0f} MB"
+
+
+def test_a_photo_swapped_for_a_pipe_after_listing_is_refused_not_waited_for(models: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(30):
+        (photos / f"p{k:02d}.png").write_bytes(SAMPLE.read_bytes())
+    proc = start(["-i", photos, "--workers", "1", *flags(models)], tmp_path)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # listed and running; the last photo is read much later
+    last = photos / "p29.png"
+    last.unlink()
+    os.mkfifo(last)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err == f"ERROR: {last} is not a regular file (a pipe, device or socket)\n"
+    assert len(out.splitlines()) == 28  # the 29 others, one read before
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_a_carriage_return_in_a_name_is_quoted(run_cli: RunCli, models: Path, tmp_path: Path, fmt: str) -> None:
+    odd = tmp_path / "one\rtwo.png"
+    odd.write_bytes(SAMPLE.read_bytes())
+    proc = subprocess.run([sys.executable, str(SCRIPT), "-i", odd, SAMPLE, "--format", fmt, *flags(models)],
+                          capture_output=True, env=cli_env(), timeout=120)  # bytes: text mode would turn \r into \n
+    assert proc.returncode == 0
+    dialect = csv.excel if fmt == "csv" else csv.excel_tab
+    rows = list(csv.reader(io.StringIO(proc.stdout.decode(), newline=""), dialect=dialect))
+    assert len(rows) == 3 and rows[1][0] == str(odd) and rows[2][0] == str(SAMPLE)
+
+
+def test_a_full_disk_under_the_captions_file_names_it_and_the_run_goes_on(models: Path, tmp_path: Path) -> None:
+    photos = [tmp_path / f"p{k}.png" for k in range(4)]
+    for photo in photos:
+        photo.write_bytes(SAMPLE.read_bytes())
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        with contextlib.suppress(OSError), (disk / "filler").open("wb") as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        dest = disk / "captions.csv"
+        proc = run_shell(cli("-i", *photos, "--captions-file", dest, *flags(models)))
+        assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 4  # every caption still printed
+        assert proc.stderr == f"ERROR: cannot write {dest}: No space left on device; it was not written\n"
+        assert not dest.exists() and leftovers(disk) == []
+
+
+def test_more_workers_than_cores_is_said_once(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    photos = []
+    for k in range(cores + 1):
+        photos.append(tmp_path / f"p{k}.png")
+        photos[-1].write_bytes(SAMPLE.read_bytes())
+    proc = run_cli("-i", *photos, "--workers", "64", *flags(models))
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == cores + 1
+    assert proc.stderr == (f"WARNING: {cores + 1} workers on {cores} cores: each holds its own model sessions, so "
+                           f"memory grows with them while speed does not; {cores} or fewer is enough here\n")
+
+
+def test_int8_build_on_an_almost_full_disk_says_the_disk_is_full(run_cli: RunCli, models: Path,
+                                                                 tmp_path: Path) -> None:
+    """With room for the fp32 copy but not for the tools' later files, the build failed with "Wire format
+    was corrupt" and blamed model_feat.onnx."""
+    used = sum(p.stat().st_size for p in models.iterdir())
+    feature = (models / "model_feat.onnx").stat().st_size
+    with small_disk(tmp_path / "disk", f"{(used + 3 * feature) // 1024}k") as disk:
+        shutil.copytree(models, disk / "models")
+        proc = run_cli("-i", SAMPLE, "--model-dir", disk / "models", "--offline", "--onnx", "--precision", "int8")
+        assert proc.returncode == 1 and "Wire format" not in proc.stderr
+        assert "No space left on device" in proc.stderr and "free some space" in proc.stderr
+        assert leftovers(disk) == [] and not list((disk / "models").glob(".derived-build-*"))

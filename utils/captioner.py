@@ -133,6 +133,11 @@ class Captioner:
         model_dir = self.options.model_dir or default_model_dir()
         plan, vocab = _load(self.options, model_dir)
         self.vocab: Vocabulary = vocab
+        if plan.ailia is None and self.options.workers > (cores := available_cores()):
+            # Allowed (a machine's cores may be shared out differently later), but rarely what was meant.
+            logger.warning("%d workers on %d cores: each holds its own model sessions, so memory grows with "
+                           "them while speed does not; %d or fewer is enough here", self.options.workers, cores,
+                           cores)
         networks = [plan.ailia] if plan.ailia is not None else _onnxruntime_networks(plan, self.options)
         if plan.ailia is not None and self.options.workers > 1:
             logger.info("the ailia SDK runs one worker")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +29,28 @@ STD = (0.229, 0.224, 0.225)
 
 _BAND_ROWS = 256
 
+# A file larger than an image within the decoding limit can be is refused by its size, before it is read
+# (a 40 GB sparse file, a disk image named .jpg): no layout OpenCV decodes takes more than 16-bit RGBA.
+MAX_BYTES_PER_PIXEL = 8
+METADATA_ROOM_BYTES = 64 << 20
+# A file over this size must start like an image before it is read whole, so a large non-image costs a
+# few bytes of reading instead of its size in memory. Smaller files go straight to OpenCV, which knows
+# more formats than the list below and says itself what it cannot decode.
+SIGNATURE_CHECK_BYTES = 16 << 20
+SIGNATURE_BYTES = 16
+_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"BM",  # BMP
+    b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",  # TIFF, BigTIFF
+    b"GIF87a", b"GIF89a",
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ",  # JPEG 2000: file, codestream
+    b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7", b"PF", b"Pf",  # PNM, PAM, PFM
+    b"\x59\xa6\x6a\x95",  # Sun raster
+    b"v/1\x01",  # OpenEXR
+    b"#?RADIANCE", b"#?RGBE",  # Radiance HDR
+)
+
 # ANYCOLOR|ANYDEPTH keeps grey and 16-bit data as stored, drops alpha (as the demo does) and,
 # unlike IMREAD_UNCHANGED, applies the EXIF orientation so the model sees the photo upright.
 _READ_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
@@ -35,12 +60,7 @@ def read_image(path: Path) -> np.ndarray:
     """Decode an image file to a BGR (or grey) array, 8- or 16-bit, EXIF orientation applied. Safe to
     call from several threads at once. libpng's warnings about harmless defects reach stderr unless the
     caller silences them (utils/stderr.py)."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise CaptionError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if data.size == 0:
-        raise CaptionError(f"{path} is an empty file (0 bytes)")
+    data = read_image_bytes(path)
     try:
         image = cv2.imdecode(data, _READ_FLAGS)
     except cv2.error as exc:
@@ -48,6 +68,62 @@ def read_image(path: Path) -> np.ndarray:
     if image is None:
         raise CaptionError(f"{path} is not an image OpenCV can decode (corrupt or unsupported format)")
     return image
+
+
+def max_image_file_bytes() -> int:
+    """The largest file an image within the decoding limit can need: every pixel stored uncompressed at
+    16-bit RGBA, plus room for metadata (embedded previews, colour profiles)."""
+    return decoding_limit() * MAX_BYTES_PER_PIXEL + METADATA_ROOM_BYTES
+
+
+def read_image_bytes(path: Path) -> np.ndarray:
+    """The whole file at ``path``, read only once it is known to be a regular file of a size an image can
+    have; a large file must also start like one. The file is opened without blocking and checked as
+    opened, so a pipe put in an image's place after the folder was listed is refused, not waited for."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise CaptionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        size = _checked_size(path, os.fstat(fd))
+        if size > SIGNATURE_CHECK_BYTES and not looks_like_image(os.pread(fd, SIGNATURE_BYTES, 0)):
+            raise CaptionError(f"{path} is not an image: {size / 2**20:.0f} MB that do not start like any "
+                               "image format OpenCV decodes")
+        data = np.empty(size, np.uint8)
+        with open(fd, "rb", buffering=0, closefd=False) as file:
+            filled = _read_into(file, data.data)
+    except OSError as exc:
+        raise CaptionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    return data[:filled]
+
+
+def _read_into(file: io.RawIOBase, view: memoryview) -> int:
+    """Fill ``view`` from ``file``; fewer bytes when the file shrank meanwhile (OpenCV then says what it
+    makes of a truncated image). A file that grew is read only as far as its size when it was opened."""
+    filled = 0
+    while filled < len(view) and (got := file.readinto(view[filled:])):
+        filled += got
+    return filled
+
+
+def _checked_size(path: Path, st: os.stat_result) -> int:
+    if not stat.S_ISREG(st.st_mode):
+        raise CaptionError(f"{path} is not a regular file (a pipe, device or socket)")
+    if st.st_size == 0:
+        raise CaptionError(f"{path} is an empty file (0 bytes)")
+    limit = max_image_file_bytes()
+    if st.st_size > limit:
+        raise CaptionError(f"{path} is {st.st_size / 2**30:.1f} GB, more than an image of {decoding_limit() / 1e6:.0f} "
+                           f"megapixels can take ({limit / 2**30:.1f} GB); it is not read")
+    return st.st_size
+
+
+def looks_like_image(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) starts like one of the formats OpenCV decodes."""
+    return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"
 
 
 def _decode_failure(path: Path, exc: cv2.error) -> str:

@@ -193,7 +193,8 @@ class ExifTool:
         try:
             assert process.stdin is not None
             try:
-                process.stdin.write(("\n".join(lines) + "\n").encode("utf-8"))
+                # A file name that is not valid UTF-8 reached Python as lone surrogates: ExifTool gets its bytes.
+                process.stdin.write(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
                 process.stdin.flush()
             except OSError as exc:  # BrokenPipeError: it died between commands
                 raise self._stopped(process, "") from exc

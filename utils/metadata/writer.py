@@ -21,6 +21,7 @@ from typing import Literal
 from utils.errors import CaptionError
 from utils.metadata.exiftool import ExifTool, absolute, clean_message, has_format_codes
 from utils.metadata.files import check_writable, commit, keep_attributes, remove_quietly, temp_beside, times_of
+from utils.output.paths import check_output_slot
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +135,12 @@ class MetadataWriter:
         caption = clean_caption(caption)
         if not photo.is_file():
             raise CaptionError(f"cannot write metadata for {photo}: it is not a file")
-        if self.options.sidecar:
-            return self._write_sidecar(photo, caption)
-        return self._write_embedded(photo, caption)
+        try:
+            if self.options.sidecar:
+                return self._write_sidecar(photo, caption)
+            return self._write_embedded(photo, caption)
+        except OSError as exc:  # the file or its folder changed under us (removed, a dangling link)
+            raise CaptionError(f"cannot write metadata for {photo}: {exc.strerror or exc}") from exc
 
     def _write_embedded(self, photo: Path, caption: str) -> MetadataResult:
         real = Path(os.path.realpath(photo))  # a link's target is the photo; the link itself stays a link
@@ -154,8 +158,10 @@ class MetadataWriter:
                            times=times)
 
     def _write_sidecar(self, photo: Path, caption: str) -> MetadataResult:
-        shown = sidecar_path(photo)
-        target = Path(os.path.realpath(shown))  # update a linked sidecar where it lives
+        shown = target = sidecar_path(photo)
+        # A link at the sidecar's name is never written through: whatever it points at (another photo, a
+        # document) would be replaced by an XMP packet.
+        check_output_slot(target)
         existing = None
         if target.exists():
             existing = existing_description(self._exiftool.read_tags(target, XMP_FIELDS))

@@ -7,6 +7,7 @@ the first Ctrl-C); an error or a second Ctrl-C removes the temporary file and le
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import TextIO
 
 from utils.atomic import commit, create_temp_beside
 from utils.errors import CaptionError
-from utils.output.paths import check_writable_folder, never_an_input
+from utils.output.paths import check_output_slot, check_writable_folder, never_an_input
 from utils.output.writers import FORMATS, Mode, ResultWriter, Tee, make_writer
 
 OPTION = "--captions-file"
@@ -42,9 +43,9 @@ def captions_file_usage_error(path: Path | None, mode: Mode) -> str | None:
 
 
 def check_captions_file(path: Path, inputs: list[Path]) -> None:
-    """Before any model loads: a folder that exists and takes files, never a folder itself, never an input."""
-    if path.is_dir():
-        raise CaptionError(f"cannot write {OPTION} {path}: it is a folder")
+    """Before any model loads: a folder that exists and takes files; at the path nothing but a regular
+    file (never a folder, link, pipe or device), and never an input."""
+    check_output_slot(path)
     check_writable_folder(path.parent, OPTION)
     never_an_input([path], inputs, OPTION)
 
@@ -64,15 +65,20 @@ def open_writers(format_name: str, out: TextIO | None, captions_file: Path | Non
         fd, tmp = create_temp_beside(captions_file)
     except OSError as exc:
         raise CaptionError(f"cannot write {captions_file}: {exc.strerror or exc}") from exc
+    file = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
-            copy = make_writer(name, file)
-            copy.quiet = True  # problems are reported once, by the stdout writer
-            yield Tee([stdout, copy])
-            try:
-                commit(file, tmp, captions_file)
-            except OSError as exc:
-                raise CaptionError(f"cannot write {captions_file}: {exc.strerror or exc}") from exc
+        copy = make_writer(name, file, str(captions_file))
+        copy.quiet = True  # problems with the records are reported once, by the stdout writer
+        yield Tee([stdout, copy])
+        if copy.failure is not None:
+            raise CaptionError(f"cannot write {captions_file}: {copy.failure}; it was not written")
+        check_output_slot(captions_file)  # something put there while the run went on is not replaced
+        try:
+            commit(file, tmp, captions_file)
+        except OSError as exc:
+            raise CaptionError(f"cannot write {captions_file}: {exc.strerror or exc}; it was not written") from exc
     except BaseException:
+        with contextlib.suppress(OSError):  # what is still buffered may not fit either: it is dropped anyway
+            file.close()
         tmp.unlink(missing_ok=True)
         raise

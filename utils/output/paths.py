@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,7 @@ from utils.errors import CaptionError
 
 
 def save_image(path: Path, image: np.ndarray) -> None:
+    check_output_slot(path)  # again: the plan was checked before the models loaded, and folders change
     try:
         ok, encoded = cv2.imencode(path.suffix, image)
     except cv2.error:
@@ -26,11 +29,44 @@ def save_image(path: Path, image: np.ndarray) -> None:
         raise CaptionError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+def check_output_slot(path: Path) -> None:
+    """Refuse to write at ``path`` when something other than a regular file is there. A symbolic link is
+    never written through (its target would be replaced by our output) nor replaced; a pipe, device or
+    socket is not a file to replace either."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CaptionError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISLNK(mode):
+        raise CaptionError(f"cannot write {path}: it is a symbolic link, and this program never writes through "
+                           "one; remove the link or choose another path")
+    if stat.S_ISDIR(mode):
+        raise CaptionError(f"cannot write {path}: it is a folder")
+    if not stat.S_ISREG(mode):
+        raise CaptionError(f"cannot write {path}: it is a pipe, device or socket, not a file; choose another path")
+
+
+def device_folder(folder: Path) -> bool:
+    """Whether ``folder`` is on the file system of /dev, where only devices belong (root may create files
+    there: ``--captions-file /dev/stdout.csv`` would)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return os.stat(folder).st_dev == os.stat("/dev").st_dev
+    except OSError:
+        return False
+
+
 def check_writable_folder(folder: Path, option: str = "--savepath") -> None:
     if not folder.exists():
         raise CaptionError(f"cannot save into {folder}: the folder does not exist")
     if not folder.is_dir():
         raise CaptionError(f"cannot save into {folder}: it is not a folder")
+    if device_folder(folder):
+        raise CaptionError(f"cannot save into {folder}: it holds the system's devices, not files; choose another "
+                           f"{option}")
     if read_only_file_system(folder):
         raise CaptionError(f"cannot save into {folder}: it is on a read-only file system; choose another {option}")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -93,6 +129,8 @@ def _check_plan(inputs: list[Path], outputs: list[Path]) -> None:
     seen: dict[Path, Path] = {}
     for src, out in zip(inputs, outputs, strict=True):
         _check_image_suffix(out)
+        if len(outputs) == 1:  # with many outputs, one in the way fails only its own image (save_image)
+            check_output_slot(out)
         target = out.resolve()
         if target in seen:
             raise CaptionError(f"inputs {seen[target]} and {src} would both be saved as {out}; save them separately")

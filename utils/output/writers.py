@@ -31,11 +31,14 @@ class ResultWriter:
     name: ClassVar[str]
     modes: ClassVar[frozenset[Mode]] = frozenset({"images", "video"})  # what the format can describe
 
-    def __init__(self, out: TextIO | None) -> None:
+    def __init__(self, out: TextIO | None, destination: str = "standard output") -> None:
         self.out = out  # None: closed before the start (`>&-` leaves Python no sys.stdout); nothing is written
+        self.destination = destination  # what messages call ``out``
         self.reader_gone = False  # set when the stream's reader left (piped into `head`): stop if nothing else
-        self.quiet = False  # True for a second copy of the records (--captions-file): nothing to the log
-
+        # A second copy of the records (--captions-file): nothing to the log, and a write error does not
+        # end the run (the captions still reach stdout); it is kept here and reported when the run ends.
+        self.quiet = False
+        self.failure: str | None = None
 
     def begin(self, inputs: int | None = None) -> None:
         """Called once before the first record; ``inputs``: how many images (None for video)."""
@@ -56,14 +59,12 @@ class ResultWriter:
             self.reader_gone = True
             _silence(self.out)
         except (OSError, ValueError) as exc:  # a full disk or device (ENOSPC, EIO), a closed file object
-            _silence(self.out)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise CaptionError(f"cannot write the captions to {_stream_name(self.out)}: {reason}") from None
-
-
-def _stream_name(out: TextIO) -> str:
-    name = getattr(out, "name", None)
-    return "standard output" if name in (None, "<stdout>") or not isinstance(name, str) else name
+            if self.quiet:
+                self.failure, self.reader_gone = reason, True
+                return
+            _silence(self.out)
+            raise CaptionError(f"cannot write the captions to {self.destination}: {reason}") from None
 
 
 def _silence(out: TextIO) -> None:
@@ -161,10 +162,9 @@ class JsonWriter(ResultWriter):
 
 
 def cue_text(caption: str) -> str:
-    """A caption as subtitle cue text: one line, without surrounding blanks, HTML-escaped (``&`` ``<`` ``>``),
-    so that a player never reads a tag in it and no line of it can contain ``-->``."""
-    text = printable(caption).strip()
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """A caption as the text of one cue: one line (control characters escaped) without surrounding blanks,
+    so that no blank line can end the cue early."""
+    return printable(caption).strip()
 
 
 class CueWriter(ResultWriter):
@@ -175,8 +175,8 @@ class CueWriter(ResultWriter):
 
     modes = frozenset({"video"})
 
-    def __init__(self, out: TextIO | None) -> None:
-        super().__init__(out)
+    def __init__(self, out: TextIO | None, destination: str = "standard output") -> None:
+        super().__init__(out, destination)
         self._cue: tuple[float, str] | None = None  # the open cue: (start, caption)
         self._cues = 0
 
@@ -220,15 +220,20 @@ class VttWriter(CueWriter):
         self._emit("WEBVTT")
 
     def cue(self, number: int, start: float, end: float, text: str) -> str:
+        # Cue text is markup here: character references keep a caption's "&", "<" and ">" (and so "-->",
+        # which may not appear in a cue) as text.
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         return f"\n{format_time(start)} --> {format_time(end)}\n{text}"
 
 
 class SrtWriter(CueWriter):
-    """SubRip: cues numbered from 1, ``HH:MM:SS,mmm`` times, a blank line between cues."""
+    """SubRip: cues numbered from 1, ``HH:MM:SS,mmm`` times, a blank line between cues. The text is
+    written as it is: SubRip has no character references, so players would show ``&amp;`` literally."""
 
     name = "srt"
 
     def cue(self, number: int, start: float, end: float, text: str) -> str:
+        text = text.replace("-->", "->")  # a text line holding the arrow could be read as a timing line
         times = f"{format_time(start).replace('.', ',')} --> {format_time(end).replace('.', ',')}"
         gap = "" if number == 1 else "\n"
         return f"{gap}{number}\n{times}\n{text}"
@@ -262,9 +267,11 @@ class CsvWriter(ResultWriter):
             self._row((record.input, caption, confidence, output, metadata.get("action", ""), error))
 
     def _row(self, values: tuple[Any, ...]) -> None:
+        # The dialect's own "\r\n" terminator makes the writer quote a field holding a bare "\r" as well as
+        # "\n" (it quotes the terminator's characters); the row then ends in "\n" like every line we write.
         line = io.StringIO()
-        csv.writer(line, dialect=self.dialect, lineterminator="\n").writerow(values)
-        self._emit(line.getvalue()[:-1])
+        csv.writer(line, dialect=self.dialect).writerow(values)
+        self._emit(line.getvalue().removesuffix(self.dialect.lineterminator))
 
 
 class TsvWriter(CsvWriter):
@@ -308,5 +315,5 @@ FORMATS: dict[str, type[ResultWriter]] = {
 }
 
 
-def make_writer(format_name: str, out: TextIO | None) -> ResultWriter:
-    return FORMATS[format_name](out)
+def make_writer(format_name: str, out: TextIO | None, destination: str = "standard output") -> ResultWriter:
+    return FORMATS[format_name](out, destination)

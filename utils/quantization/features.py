@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import re
+import shutil
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -87,6 +88,11 @@ def int8_feature_model(source: VerifiedFile, progress: bool = True, method: Quan
     return VerifiedFile("onnx", cached.path, cached.data)
 
 
+# The build's files at once, measured: the fp32 copy, the pre-processed model, the calibration's augmented
+# model and the int8 result take up to 3.4 times the fp32 model's size; the tools do not check their writes.
+BUILD_SPACE_FACTOR = 4
+
+
 def build_int8_features(source: VerifiedFile, method: QuantMethod, photos: Sequence[CalibrationPhoto],
                         scratch: Path) -> Built:
     """Quantize ``source`` in ``scratch`` (which the caller removes); the int8 file's bytes.
@@ -101,6 +107,9 @@ def build_int8_features(source: VerifiedFile, method: QuantMethod, photos: Seque
     except CaptionError as error:
         raise CaptionError(f"cannot make the int8 feature model from {source.path}: {error}") from error
     feeds = calibration_feeds(photos, input_name)
+    needed = BUILD_SPACE_FACTOR * len(source.data)
+    if (full := _full_disk(scratch, needed)) is not None:
+        raise CaptionError(f"cannot make the int8 feature model from {source.path}: {full}")
     fp32, prepared, int8 = scratch / "fp32.onnx", scratch / "prepared.onnx", scratch / "int8.onnx"
     with _quiet_tools():
         try:
@@ -121,8 +130,11 @@ def build_int8_features(source: VerifiedFile, method: QuantMethod, photos: Seque
         except CaptionError:
             raise
         except Exception as error:  # the tools raise many unrelated types for a model they refuse
+            # A full disk rarely says so: the tools write their files without checking, and reading one
+            # back fails with a parse error that blames the model.
+            full = _full_disk(scratch, needed)
             raise CaptionError(f"cannot make the int8 feature model from {source.path}: "
-                               f"{_reason(error, scratch)}") from error
+                               f"{full or _reason(error, scratch)}") from error
     if cosine < MIN_COSINE:
         raise CaptionError(f"the int8 feature model made from {source.path} is too far from fp32 on "
                            f"{photos[0].path.name} (feature cosine {cosine:.4f} < {MIN_COSINE})")
@@ -155,6 +167,18 @@ def _check_against_fp32(fp32: bytes, int8: bytes, feed: dict[str, np.ndarray]) -
     a, b = (np.asarray(o, np.float64).ravel() for o in outputs)
     norms = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float(a @ b / norms) if norms > 0 else float(np.array_equal(a, b))
+
+
+def _full_disk(scratch: Path, needed: int) -> str | None:
+    """What to say when the disk holding ``scratch`` has less room than the build needs, else None."""
+    try:
+        free = shutil.disk_usage(scratch).free
+    except OSError:
+        return None
+    if free >= needed:
+        return None
+    return (f"No space left on device: {free // 1024} KiB free in {scratch.parent}, and the build needs about "
+            f"{needed // 1024} KiB; free some space")
 
 
 def _reason(error: BaseException, scratch: Path) -> str:
