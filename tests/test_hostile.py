@@ -563,3 +563,14 @@ def test_int8_build_on_an_almost_full_disk_says_the_disk_is_full(run_cli: RunCli
         assert proc.returncode == 1 and "Wire format" not in proc.stderr
         assert "No space left on device" in proc.stderr and "free some space" in proc.stderr
         assert leftovers(disk) == [] and not list((disk / "models").glob(".derived-build-*"))
+
+
+def test_a_video_output_that_is_a_link_is_refused(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
+    clip = make_video(tmp_path / "clip.avi", 10, fps=10.0)
+    victim = tmp_path / "victim.avi"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "out.avi"
+    out.symlink_to(victim)
+    proc = run_cli("-v", clip, "-s", out, *flags(models), env=HEADLESS)
+    assert proc.returncode == 1 and "is a symbolic link" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert victim.read_bytes() == b"precious" and out.is_symlink()

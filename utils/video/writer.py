@@ -22,7 +22,7 @@ import numpy as np
 
 from utils.atomic import commit, create_temp_beside
 from utils.errors import CaptionError
-from utils.output.paths import check_writable_folder, never_an_input
+from utils.output.paths import check_output_slot, check_writable_folder, never_an_input
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def plan_video_output(savepath: Path, default_name: str, source: Path | None) ->
             f"use one of {known}"
         )
     check_writable_folder(dest.parent)
+    check_output_slot(dest)
     never_an_input([dest], [source] if source is not None else [])
     return dest
 
@@ -108,6 +109,7 @@ class VideoFileWriter:
             problem = _incomplete(tmp, self.frames)
             if problem is not None:
                 raise CaptionError(f"cannot write {self.dest}: {problem} (is the disk full?); nothing was saved")
+            check_output_slot(self.dest)  # a link or pipe put there during the run is not replaced
             with open(tmp, "rb+") as out:
                 commit(out, tmp, self.dest)
         except OSError as exc:
