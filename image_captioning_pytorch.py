@@ -71,7 +71,8 @@ def build_parser(model_dir: Path | None = None) -> argparse.ArgumentParser:
     p.add_argument("-s", "--savepath", type=Path, metavar="PATH",
                    help="save the image with its caption drawn on it: a file for one input, "
                         "a folder (one file per input, same name) for several; with -v the annotated "
-                        "video (.mp4/.m4v/.mov: mp4v, .avi/.mkv: MJPG)")
+                        "video: .webm (VP8) plays in web browsers; .mp4/.m4v/.mov (mp4v, fastest) and "
+                        ".avi/.mkv (MJPG) play in desktop players, not in browsers")
     p.add_argument("--model", default=DEFAULT_DECODER, metavar="NAME",
                    help=f"captioning decoder: {', '.join(DECODERS)} (default {DEFAULT_DECODER}), or a model imported "
                         "with --import-checkpoint (in the model folder: "

@@ -157,7 +157,7 @@ def small_disk(folder: Path, size: str, read_only: bool = False) -> Iterator[Pat
         subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
-@pytest.mark.parametrize("ext", ["mp4", "avi"])
+@pytest.mark.parametrize("ext", ["mp4", "webm", "avi"])
 def test_video_onto_a_full_disk_keeps_the_earlier_file(run_cli: RunCli, models: Path, tmp_path: Path,
                                                         ext: str) -> None:
     clip = make_video(tmp_path / "clip.avi", 120, fps=10.0, size=(320, 240))

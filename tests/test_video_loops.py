@@ -16,7 +16,7 @@ import pytest
 
 import utils.video.run as video_run
 from tests.builders import DecoderWeights
-from tests.video_helpers import make_video, read_frames, scene
+from tests.video_helpers import make_video, read_frames, scene, video_info
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
 from utils.decoding.options import DecodingOptions
 from utils.drawing import draw_caption
@@ -30,7 +30,7 @@ from utils.video.run import run_video
 from utils.video.schedule import CaptionSchedule
 from utils.video.source import Frame, VideoSource, open_source, parse_source
 from utils.video.stopping import graceful_stop
-from utils.video.writer import VideoFileWriter
+from utils.video.writer import VideoFileWriter, _incomplete, _without_tag_notices
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +225,34 @@ def test_writer_is_atomic(tmp_path: Path) -> None:
         writer.write(scene(k, (320, 240)))  # resized to the video's size
     assert writer.finish() and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
     assert len(read_frames(dest)) == 5
+
+
+def test_writer_check_finds_a_webm_cut_short(tmp_path: Path) -> None:
+    """A WebM's frame count is its duration times its frame rate, from a header written first: a cut tail
+    keeps it. The check before the rename must see the missing frames all the same, even one."""
+    dest = tmp_path / "out.webm"
+    writer = VideoFileWriter(dest, 10.0, 160, 120)
+    for k in range(40):
+        writer.write(scene(k, (160, 120)))
+    assert writer.finish() and len(read_frames(dest)) == 40 and _incomplete(dest, 40) is None
+    data, cut = dest.read_bytes(), tmp_path / "cut.webm"
+    low, high = 0, len(data)  # the shortest prefix that still decodes every frame: data[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        cut.write_bytes(data[:middle])
+        low, high = (low, middle) if len(read_frames(cut)) == 40 else (middle, high)
+    for keep in (len(data) // 2, high - 1):
+        cut.write_bytes(data[:keep])
+        assert len(read_frames(cut)) < 40 and video_info(cut)[1] == 40  # the header still says 40
+        assert _incomplete(cut, 40) is not None
+
+
+def test_opencv_fourcc_notice_is_dropped_and_nothing_else(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    VideoFileWriter(tmp_path / "out.webm", 10.0, 160, 120).abort()  # OpenCV prints a notice for WebM
+    assert capfd.readouterr().err == ""
+    with _without_tag_notices():
+        os.write(2, b"OpenCV: FFMPEG: tag 0x30385056/'VP80' is not supported with codec id 139\nother words\n")
+    assert capfd.readouterr().err == "other words\n"
 
 
 def test_schedule_and_timestamps() -> None:

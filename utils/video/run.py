@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 
 def _default_name(source: VideoSource) -> str:
+    """The video's name in a -s folder: the input's own name when it is a format this program writes, else
+    .mp4, whose mp4v encodes fastest: the writer runs in step with the frames shown, so a slower codec
+    (.webm's VP8) could make a camera drop frames; a browser-ready .webm is asked for by name."""
     if source.path is not None:
         return source.path.name if source.path.suffix.lower() in CODECS else source.path.stem + ".mp4"
     return source.name.replace(" ", "_") + ".mp4" if source.kind == "camera" else "stream.mp4"

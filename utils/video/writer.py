@@ -13,8 +13,12 @@ was at the final name before is left as it was.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -32,9 +36,16 @@ SPACE_CHECK_FRAMES = 25  # frames between two looks at the free space
 SPACE_MARGIN_FRAMES = 8
 SPACE_MARGIN_BYTES = 1 << 16
 
-# Codecs every OpenCV build with FFmpeg writes. mp4v (MPEG-4 part 2) plays almost anywhere; MJPG keeps
-# every frame independent, so even a file cut short by a crash decodes up to its last frame.
-CODECS: dict[str, str] = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+# Codecs the pip OpenCV's FFmpeg writes. mp4v (MPEG-4 part 2) is the fastest and desktop players play it,
+# but browsers do not, and H.264 ('avc1') cannot be had instead: that build opens no H.264 encoder (it
+# tries a hardware one, v4l2m2m, and fails). VP8 in WebM is what a browser's <video> plays: about 8 times
+# slower to encode than mp4v, still 6 times faster than VP9. MJPG keeps every frame independent, so even
+# a file cut short by a crash decodes up to its last frame.
+CODECS: dict[str, str] = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".webm": "VP80", ".avi": "MJPG",
+                          ".mkv": "MJPG"}
+# What OpenCV prints straight to the C stderr when a fourcc is not in the container's table of tags. WebM
+# has no such table, so every WebM gets it: a notice, not an error; the codec is the one asked for.
+_TAG_NOTICES = ("OpenCV: FFMPEG: tag ", "OpenCV: FFMPEG: fallback to use tag ")
 
 
 def plan_video_output(savepath: Path, default_name: str, source: Path | None) -> Path:
@@ -70,7 +81,8 @@ class VideoFileWriter:
         except OSError as exc:
             raise CaptionError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         fourcc = cv2.VideoWriter.fourcc(*CODECS[dest.suffix.lower()])
-        self._writer = cv2.VideoWriter(str(self._tmp), fourcc, fps, self.size)
+        with _without_tag_notices():
+            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, fps, self.size)
         if not self._writer.isOpened():
             self.abort()
             raise CaptionError(f"cannot write {dest}: OpenCV cannot encode {dest.suffix} video here")
@@ -133,8 +145,40 @@ class VideoFileWriter:
             self._writer = None
 
 
+@contextlib.contextmanager
+def _without_tag_notices() -> Iterator[None]:
+    """Drop OpenCV's fourcc notices (``_TAG_NOTICES``) from what is printed to file descriptor 2 meanwhile;
+    anything else printed there, by any thread, is passed on afterwards."""
+    sys.stderr.flush()
+    with contextlib.ExitStack() as stack:
+        try:
+            capture = stack.enter_context(tempfile.TemporaryFile())
+            stack.callback(os.close, saved := os.dup(2))
+        except OSError:  # no room for a temporary file, or no stderr at all: the notice is the lesser harm
+            capture = None
+        if capture is None:
+            yield
+            return
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+        capture.seek(0)
+        printed = capture.read().decode(errors="replace").splitlines(keepends=True)
+    passed_on = "".join(line for line in printed if not line.startswith(_TAG_NOTICES))
+    if passed_on:
+        sys.stderr.write(passed_on)
+        sys.stderr.flush()
+
+
 def _incomplete(path: Path, frames: int) -> str | None:
-    """Why the closed video at ``path`` does not hold ``frames`` decodable frames, or None."""
+    """Why the closed video at ``path`` does not hold ``frames`` decodable frames, or None.
+
+    The frame count an mp4 or avi reports is the number of frames indexed; a WebM's is its duration times
+    its frame rate, from a header written at the start, so it survives a cut tail. What decides is that
+    the last frame decodes: FFmpeg writes nothing more after a failed write (full disk), so a video is
+    only ever cut at its end. Bounded: one seek, then a few frames decoded from the key frame before."""
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
