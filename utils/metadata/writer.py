@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from utils.errors import CaptionError
-from utils.metadata.exiftool import ExifTool, absolute, clean_message, has_format_codes
+from utils.metadata.exiftool import ExifTool, ExifToolStopped, absolute, clean_message, has_format_codes
 from utils.metadata.files import check_writable, commit, keep_attributes, remove_quietly, temp_beside, times_of
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,9 @@ DESCRIPTION_TAGS = (XMP_DESCRIPTION, XMP_ALT_TEXT, EXIF_DESCRIPTION, IPTC_CAPTIO
 MIME_TYPE = "File:MIMEType"
 XMP_FIELDS = (XMP_DESCRIPTION, XMP_ALT_TEXT)
 IPTC_MAX_BYTES = 2000  # Caption-Abstract's limit in the IIM standard
-
+# Writing copies the whole photo, so its time-out grows by a second per 10 MB: a 2 GB scan on a slow USB
+# disk or a 100 Mbit/s share is then not taken for a hung ExifTool.
+COPY_BYTES_PER_S = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,12 @@ class MetadataWriter:
         caption = clean_caption(caption)
         if not photo.is_file():
             raise CaptionError(f"cannot write metadata for {photo}: it is not a file")
-        if self.options.sidecar:
-            return self._write_sidecar(photo, caption)
-        return self._write_embedded(photo, caption)
+        try:
+            if self.options.sidecar:
+                return self._write_sidecar(photo, caption)
+            return self._write_embedded(photo, caption)
+        except ExifToolStopped as exc:
+            raise ExifToolStopped(f"cannot write metadata for {photo}: {exc}", exc.reason) from exc
 
     def _write_embedded(self, photo: Path, caption: str) -> MetadataResult:
         real = Path(os.path.realpath(photo))  # a link's target is the photo; the link itself stays a link
@@ -165,6 +170,8 @@ class MetadataWriter:
             try:
                 existing = existing_description(self._exiftool.read_tags(Path(os.path.realpath(photo)),
                                                                          DESCRIPTION_TAGS))
+            except ExifToolStopped:
+                raise
             except CaptionError as exc:
                 logger.debug("no description read from %s: %s", photo, exc)
         return self._apply(shown, target, XMP_FIELDS, existing, caption,
@@ -241,7 +248,8 @@ class MetadataWriter:
                  for field, value in values.items()]
         if source is not None:
             args.append(absolute(source))
-        reply = self._exiftool.execute(*args)
+        size = os.stat(source).st_size if source is not None else 0
+        reply = self._exiftool.execute(*args, allowance=size / COPY_BYTES_PER_S)
         for warning in reply.warnings():
             logger.debug("ExifTool on %s: %s", shown, warning)
         if reply.errors() or not tmp.exists():
