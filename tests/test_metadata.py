@@ -134,14 +134,15 @@ def xmp_alt(root: ET.Element, prop: str) -> dict[str, str]:
     return {li.attrib[f"{{{NS['xml']}}}lang"]: li.text or "" for li in found}
 
 
-def check_with_pillow(path: Path, ext: str, caption: str) -> None:
+def check_with_pillow(path: Path, ext: str, caption: str, exif: str | None = None) -> None:
+    """XMP and IPTC hold ``caption``, EXIF ``exif`` (the caption itself by default), as Pillow reads them."""
     root = xmp_packet(path)
     assert xmp_alt(root, "dc:description") == {"x-default": caption}
     assert xmp_alt(root, "Iptc4xmpCore:AltTextAccessibility") == {"x-default": caption}
     with Image.open(path) as im:
-        # EXIF ASCII fields hold UTF-8 here (as the Metadata Working Group advises); Pillow decodes
-        # them byte for byte as Latin-1.
-        assert im.getexif()[0x010E].encode("latin-1") == caption.encode("utf-8")
+        # EXIF types ImageDescription ASCII; Pillow decodes it byte for byte as Latin-1.
+        assert im.getexif()[0x010E] == (caption if exif is None else exif)
+        assert im.getexif()[0x010E].isascii()
         if ext in ("jpg", "tif"):
             iptc = IptcImagePlugin.getiptcinfo(im)
             assert iptc is not None
@@ -549,6 +550,7 @@ HOSTILE_CAPTIONS = [
     "tab\there\nLF",
     "\ncaption after a line break",
 ]
+EXIF_ASCII = {"un chat sur la table, été — 猫 🐈": "un chat sur la table, ete - ? ?"}  # the others are ASCII
 
 
 @pytest.mark.parametrize("caption", HOSTILE_CAPTIONS)
@@ -558,8 +560,9 @@ def test_strange_captions_are_written_verbatim(tmp_path: Path, writer: MetadataW
     photo = make_photo(tmp_path, ext)
     writer.write(photo, caption)
     tags = read_json(photo)
-    assert all(tags[f] == caption for f in FIELDS[ext])
-    check_with_pillow(photo, ext, caption)
+    exif = EXIF_ASCII.get(caption, caption)
+    assert all(tags[f] == (exif if f == EXIF_DESC else caption) for f in FIELDS[ext])
+    check_with_pillow(photo, ext, caption, exif)
     assert sorted(p.name for p in tmp_path.iterdir()) == [photo.name]
 
 
@@ -576,9 +579,26 @@ def test_a_very_long_caption_is_cut_only_where_iptc_must(tmp_path: Path, writer:
     caption = "é" * 1500 + " a cat" * 200  # 4200 bytes of UTF-8: 2000 ends inside the é's, between bytes
     writer.write(photo, caption)
     tags = read_json(photo)
-    assert tags[XMP_DESC] == tags[ALT] == tags[EXIF_DESC] == caption
+    assert tags[XMP_DESC] == tags[ALT] == caption
+    assert tags[EXIF_DESC] == "e" * 1500 + " a cat" * 200
     assert tags[IPTC_CAP] == "é" * 1000
-    check_with_pillow(photo, "jpg", caption)
+    check_with_pillow(photo, "jpg", caption, "e" * 1500 + " a cat" * 200)
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "tif", "webp"])
+def test_exif_gets_ascii_and_xmp_and_iptc_the_whole_caption(tmp_path: Path, writer: MetadataWriter, ext: str) -> None:
+    # EXIF (2.32 and earlier) types ImageDescription ASCII: UTF-8 there reads as "cafÃ©" in Pillow.
+    photo = make_photo(tmp_path, ext)
+    caption = "un café près de la fenêtre, Straße — œuf ½ 猫 🐈"
+    writer.write(photo, caption)
+    with Image.open(photo) as im:
+        assert im.getexif()[0x010E] == 'un cafe pres de la fenetre, Strasse - oeuf 1/2 ? ?'
+    tags = read_json(photo)
+    assert tags[XMP_DESC] == tags[ALT] == caption
+    assert tags[EXIF_DESC] == 'un cafe pres de la fenetre, Strasse - oeuf 1/2 ? ?'
+    check_with_pillow(photo, ext, caption, 'un cafe pres de la fenetre, Strasse - oeuf 1/2 ? ?')
+    if ext in ("jpg", "tif"):
+        assert tags[IPTC_CAP] == caption
 
 
 @pytest.mark.parametrize("caption", ["", "   \n", "bell\x07", "nul\x00"])

@@ -6,6 +6,12 @@ prints ``{readyN}`` on stdout, and ``-echo4 {readyN}`` puts the same marker on s
 messages, so both streams of one command can be read to their end. Two reader threads drain the pipes
 (select() does not work on pipes on Windows, and a full stderr pipe would block ExifTool).
 
+A broken or hostile ExifTool must cost neither unbounded memory nor unbounded time. The readers take
+the pipes in chunks (never a whole line: a line may have no end) into short queues, so at most a few
+chunks wait between commands; one command's answer is cut off at ``MAX_STDOUT``/``MAX_STDERR`` bytes
+and ``timeout`` seconds. Past either, the process is killed and the next command starts a new one; after
+the second such failure in a run no new one is started, and every later command fails at once.
+
 The argument file takes one argument per line, and a plain line loses its leading blanks and trailing
 CR/LF. Our arguments are options, tag assignments starting with '-', and absolute paths, so only a file
 name holding a line break needs more: a ``#[CSTR]`` line, a C string with ``\\n`` escapes. ExifTool
@@ -47,7 +53,22 @@ INSTALL_HINT = (
 # Arguments given once, for every command: file names and values are UTF-8 (the default for values,
 # but Windows file names need it said), and files over 2 GB are read.
 COMMON_ARGS = ("-charset", "filename=UTF8", "-api", "LargeFileSupport=1")
-DEFAULT_TIMEOUT_S = 300.0
+# One command's time-out. Writing one photo's metadata takes a few tens of milliseconds and reading its
+# tags less, since ExifTool copies the file without decoding it; a slow disk or network share makes that
+# seconds. A command that copies a large file gets more time on top (``allowance``, see writer.py).
+DEFAULT_TIMEOUT_S = 60.0
+# One command's answer: a JSON record of a few tags of one file is a few KB, and its largest value is a
+# description already in the photo, a paragraph. 8 MiB is a thousand times that, and little memory
+# beside the models; 1 MiB of warnings and errors is as far beyond the few lines ExifTool prints per file.
+MAX_STDOUT = 8 << 20
+MAX_STDERR = 1 << 20
+CHUNK = 64 << 10  # one read from a pipe
+QUEUED_CHUNKS = 16  # read ahead at most this many chunks per pipe (1 MiB), then ExifTool waits for us
+# Failures (time-out, too much output, an unexpected end) after which no new ExifTool is started: the
+# first may be one bad file, the second says it will not work in this run, and waiting on it for every
+# photo left could take hours.
+MAX_FAILURES = 2  # what the messages call "twice"
+MAX_DETAIL = 200  # characters of ExifTool's own words quoted in an error
 
 
 @dataclass(frozen=True)
@@ -65,7 +86,16 @@ class Reply:
 
 
 class ExifToolStopped(CaptionError):
-    """The ExifTool process ended (killed, crashed) or stopped answering."""
+    """The ExifTool process ended (killed, crashed), stopped answering or printed too much; ``reason``
+    says which, as words that follow "ExifTool"."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    @classmethod
+    def because(cls, reason: str) -> ExifToolStopped:
+        return cls(f"ExifTool {reason}; it was stopped", reason)
 
 
 def find_exiftool() -> str | None:
@@ -129,17 +159,17 @@ def parse_json(stdout: str) -> list[dict[str, Any]]:
 
 
 class ExifTool:
-    """A ``-stay_open`` ExifTool process, started on the first command and restarted after a crash."""
+    """A ``-stay_open`` ExifTool process, started on the first command and again after it was stopped
+    (a crash, a time-out, too much output), up to ``MAX_FAILURES`` times in all."""
 
     def __init__(self, command: Sequence[str] | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        # ``command`` replaces the ExifTool executable (tests run it under resource limits).
+        # ``command`` replaces the ExifTool executable (tests run it under resource limits, or fake it).
         self._command = list(command) if command is not None else None
         self._timeout = timeout
         self._process: subprocess.Popen[bytes] | None = None
-        self._out: queue.Queue[bytes | None] = queue.Queue()
-        self._err: queue.Queue[bytes | None] = queue.Queue()
+        self._readers: tuple[_Reader, _Reader] | None = None  # stdout's and stderr's
         self._sequence = 0
-        self._readers: list[threading.Thread] = []
+        self._failures: list[str] = []  # why each process that was stopped was stopped
 
     def __enter__(self) -> ExifTool:
         return self
@@ -166,14 +196,8 @@ class ExifTool:
                                        preexec_fn=_die_with_parent())
         except OSError as exc:
             raise CaptionError(f"cannot start ExifTool: {exc.strerror or exc}; {INSTALL_HINT}") from exc
-        self._out, self._err = queue.Queue(), queue.Queue()
         assert process.stdout is not None and process.stderr is not None
-        self._readers = [
-            threading.Thread(target=_drain, args=(pipe, lines), daemon=True, name="exiftool-reader")
-            for pipe, lines in ((process.stdout, self._out), (process.stderr, self._err))
-        ]
-        for reader in self._readers:
-            reader.start()
+        self._readers = (_Reader(process.stdout), _Reader(process.stderr))
         self._process = process
         # ExifTool never ends at the end of its stdin (it polls for more, as for a growing file), so a
         # writer that is never closed must not leave it running: it is killed when this object goes or
@@ -182,14 +206,23 @@ class ExifTool:
         logger.debug("started ExifTool, pid %d", process.pid)
         return process
 
-    def execute(self, *args: str) -> Reply:
+    def execute(self, *args: str, allowance: float = 0.0) -> Reply:
         """Run one command (the arguments of one ExifTool command line) and return what it printed.
+        ``allowance``: seconds added to the time-out for this command (a large file to copy).
         Any exception while waiting, Ctrl-C included, kills the process: its answer would otherwise be
         read as the next command's, and a write it was doing must be over before its output is removed."""
-        process = self._process if self._process is not None and self._process.poll() is None else self._start()
+        if len(self._failures) >= MAX_FAILURES:
+            raise ExifToolStopped(f"ExifTool stopped answering twice in this run; not tried "
+                                  f"(the last time it {self._failures[-1]})", self._failures[-1])
+        if self._process is None or self._process.poll() is not None:
+            self.kill()  # one that ended between commands: reaped, its pipes closed
+            self._start()
+        process, readers = self._process, self._readers
+        assert process is not None and readers is not None
         self._sequence += 1
         marker = f"{{ready{self._sequence}}}"
         lines = [encode_arg(a) for a in args] + ["-echo4", marker, f"-execute{self._sequence}"]
+        timeout = self._timeout + allowance
         try:
             assert process.stdin is not None
             try:
@@ -197,42 +230,54 @@ class ExifTool:
                 process.stdin.write(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
                 process.stdin.flush()
             except OSError as exc:  # BrokenPipeError: it died between commands
-                raise self._stopped(process, "") from exc
-            deadline = time.monotonic() + self._timeout
-            stdout = self._read_until(process, self._out, marker, deadline)
-            stderr = self._read_until(process, self._err, marker, deadline)
+                raise self._stopped(process, b"") from exc
+            deadline = time.monotonic() + timeout
+            stdout = self._read_until(process, readers[0], marker, deadline, timeout, MAX_STDOUT)
+            stderr = self._read_until(process, readers[1], marker, deadline, timeout, MAX_STDERR)
+        except ExifToolStopped as exc:
+            self.kill()
+            self._failures.append(exc.reason)
+            if len(self._failures) >= MAX_FAILURES:
+                raise ExifToolStopped(f"{exc} (the second time in this run: it is not started again)",
+                                      exc.reason) from exc
+            raise
         except BaseException:
             self.kill()
             raise
         return Reply(stdout, stderr)
 
-    def _read_until(self, process: subprocess.Popen[bytes], lines: queue.Queue[bytes | None], marker: str,
-                    deadline: float) -> str:
-        got: list[bytes] = []
+    def _read_until(self, process: subprocess.Popen[bytes], reader: _Reader, marker: str, deadline: float,
+                    timeout: float, limit: int) -> str:
+        """What one pipe holds up to the line ``marker`` (anything after it in the same read is dropped:
+        ExifTool prints nothing between commands); ExifToolStopped past ``limit`` bytes, past the deadline,
+        or at the pipe's end."""
+        got = bytearray()
         end = marker.encode("ascii")
-        while True:
+        while (at := _line_at(got, end, max(0, len(got) - CHUNK - len(end) - 2))) is None:
+            if len(got) > limit:
+                raise ExifToolStopped.because(f"printed more than {limit >> 20} MB in answer to one command")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ExifToolStopped(f"ExifTool did not answer within {self._timeout:.0f} s; it was stopped")
+                raise ExifToolStopped.because(f"did not answer within {timeout:.0f} s")
             try:
-                line = lines.get(timeout=min(remaining, 1.0))
+                chunk = reader.chunks.get(timeout=min(remaining, 1.0))
             except queue.Empty:
                 continue
-            if line is None:
-                raise self._stopped(process, b"".join(got).decode("utf-8", "replace"))
-            if line.rstrip(b"\r\n") == end:
-                return b"".join(got).decode("utf-8", "replace")
-            got.append(line)
+            if chunk is None:
+                raise self._stopped(process, got)
+            got += chunk
+        return got[:at].decode("utf-8", "replace")
 
-    def _stopped(self, process: subprocess.Popen[bytes], output: str) -> ExifToolStopped:
+    def _stopped(self, process: subprocess.Popen[bytes], output: bytes | bytearray) -> ExifToolStopped:
         try:
             status = process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             status = None
-        last = output.strip().splitlines()[-1:] if output.strip() else []
-        detail = f" ({last[0]})" if last else ""
         how = f"exit status {status}" if status is not None and status >= 0 else f"signal {-(status or 0)}"
-        return ExifToolStopped(f"ExifTool stopped unexpectedly ({how}){detail}")
+        text = output[-MAX_DETAIL * 4:].decode("utf-8", "replace").strip()
+        last = text.splitlines()[-1][-MAX_DETAIL:] if text else ""
+        return ExifToolStopped(f"ExifTool stopped unexpectedly ({how}){f' ({last})' if last else ''}",
+                               f"stopped unexpectedly ({how})")
 
     def read_tags(self, path: Path, tags: Sequence[str]) -> dict[str, str]:
         """``tags`` (ExifTool group:name) of ``path`` as strings, keyed as asked; absent tags left out."""
@@ -275,11 +320,59 @@ class ExifTool:
 
     def _finish(self, process: subprocess.Popen[bytes]) -> None:
         # The readers end at the pipes' end of file, which the process's exit brings; closing a pipe
-        # while its reader is still inside readline() could block, so they are joined first.
-        for reader in self._readers:
-            reader.join(timeout=5)
-        self._readers = []
+        # while its reader is still reading it could block, so they are stopped first.
+        for reader in self._readers or ():
+            reader.stop()
+        self._readers = None
         _close_pipes(process)
+
+
+class _Reader:
+    """A thread that drains one of ExifTool's pipes into ``chunks``, ``None`` marking the pipe's end.
+    It reads whatever is there, never waiting for a line's end (a line may have none), and stops reading
+    while ``QUEUED_CHUNKS`` wait unread: what ExifTool prints then stays in the pipe, and a full pipe
+    makes ExifTool wait, so memory stays bounded even between commands."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(pipe,), daemon=True, name="exiftool-reader")
+        self._thread.start()
+
+    def _run(self, pipe: IO[bytes]) -> None:
+        try:
+            while chunk := os.read(pipe.fileno(), CHUNK):
+                if not self._put(chunk):
+                    return
+        except (OSError, ValueError):  # the pipe was closed under us
+            pass
+        self._put(None)
+
+    def _put(self, item: bytes | None) -> bool:
+        """Queue ``item``, waiting while the queue is full; False if told to stop meanwhile."""
+        while not self._stop.is_set():
+            try:
+                self.chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _line_at(data: bytearray, line: bytes, start: int) -> int | None:
+    """Where ``line`` stands alone on a line of ``data`` (ended by LF or CR LF), searching from ``start``;
+    None if it is not there (yet)."""
+    at = data.find(line, start)
+    while at >= 0:
+        after = bytes(data[at + len(line):at + len(line) + 2])
+        if (at == 0 or data[at - 1] == 0x0A) and (after[:1] == b"\n" or after == b"\r\n"):
+            return at
+        at = data.find(line, at + 1)
+    return None
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -310,16 +403,6 @@ def _kill_quietly(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def _drain(pipe: IO[bytes], lines: queue.Queue[bytes | None]) -> None:
-    try:
-        for line in iter(pipe.readline, b""):
-            lines.put(line)
-    except (OSError, ValueError):  # the pipe was closed under us by kill()
-        pass
-    finally:
-        lines.put(None)
-
-
 def _close_pipes(process: subprocess.Popen[bytes]) -> None:
     for pipe in (process.stdin, process.stdout, process.stderr):
         if pipe is not None:
@@ -333,6 +416,8 @@ def absolute(path: Path) -> str:
 
 
 def clean_message(message: str) -> str:
-    """ExifTool's 'Error: Something - /path/to/file' without the 'Error: ' and the trailing file name."""
+    """ExifTool's 'Error: Something - /path/to/file' without the 'Error: ' and the trailing file name, cut
+    to ``MAX_DETAIL`` characters."""
     text = re.sub(r"^(Error|Warning):\s*", "", message.strip())
-    return re.sub(r" - (/|[A-Za-z]:\\).*$", "", text)
+    text = re.sub(r" - (/|[A-Za-z]:\\).*$", "", text)
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "..."

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from utils.errors import CaptionError
-from utils.metadata.exiftool import ExifTool, absolute, clean_message, has_format_codes
+from utils.metadata.exiftool import ExifTool, ExifToolStopped, absolute, clean_message, has_format_codes
 from utils.metadata.files import check_writable, commit, keep_attributes, remove_quietly, temp_beside, times_of
 from utils.output.paths import check_output_slot
 
@@ -33,7 +33,13 @@ DESCRIPTION_TAGS = (XMP_DESCRIPTION, XMP_ALT_TEXT, EXIF_DESCRIPTION, IPTC_CAPTIO
 MIME_TYPE = "File:MIMEType"
 XMP_FIELDS = (XMP_DESCRIPTION, XMP_ALT_TEXT)
 IPTC_MAX_BYTES = 2000  # Caption-Abstract's limit in the IIM standard
-
+# Writing copies the whole photo, so its time-out grows by a second per 10 MB: a 2 GB scan on a slow USB
+# disk or a 100 Mbit/s share is then not taken for a hung ExifTool.
+COPY_BYTES_PER_S = 10_000_000
+# Letters and signs that have no ASCII form by decomposition, spelled as ASCII (for EXIF).
+ASCII_SPELLING = {"ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "ł": "l", "Ł": "L",
+                  "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "Th", "ı": "i", "‘": "'", "’": "'",
+                  "“": '"', "”": '"', "–": "-", "—": "-", "⁄": "/"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,25 @@ def iptc_text(caption: str) -> str:
     return data[:IPTC_MAX_BYTES].decode("utf-8", "ignore")
 
 
+def exif_text(caption: str) -> str:
+    """The caption in ASCII, the type EXIF (2.32 and earlier) gives ImageDescription: readers such as
+    Pillow take its bytes as Latin-1, so UTF-8 would show 'Ã©' for 'é'. Accents are dropped (é -> e),
+    a few letters spelled out (ß -> ss), and what has no ASCII form (猫, 🐈) becomes '?', so old software
+    still shows the caption as nearly as it can, and no older description survives beside the new one."""
+    text = "".join(_ascii_form(c) for c in unicodedata.normalize("NFC", caption))
+    return text if text.strip() else "?"
+
+
+def _ascii_form(char: str) -> str:
+    if char.isascii():
+        return char
+    base = "".join(ASCII_SPELLING.get(c, c) for c in unicodedata.normalize("NFKD", char)
+                   if not unicodedata.category(c).startswith("M"))
+    if not base:  # a mark alone (NFC found no letter to put it on): the letter before it stands already
+        return ""
+    return base if base.isascii() else "?"
+
+
 def existing_description(tags: dict[str, str]) -> str | None:
     for tag in DESCRIPTION_TAGS:
         value = tags.get(tag, "")
@@ -103,8 +128,9 @@ def existing_description(tags: dict[str, str]) -> str | None:
 
 
 def assignments(fields: tuple[str, ...], caption: str) -> dict[str, str]:
-    """Each field's value: the caption, cut to IPTC's limit for Caption-Abstract."""
-    values = {field: iptc_text(caption) if field == IPTC_CAPTION else caption for field in fields}
+    """Each field's value: the caption, cut to IPTC's limit for Caption-Abstract, in ASCII for EXIF."""
+    special = {IPTC_CAPTION: iptc_text, EXIF_DESCRIPTION: exif_text}
+    values = {field: special[field](caption) if field in special else caption for field in fields}
     if values.get(IPTC_CAPTION, caption) != caption:
         logger.warning("the caption is longer than IPTC's %d bytes; Caption-Abstract gets its start", IPTC_MAX_BYTES)
     return values
@@ -139,6 +165,8 @@ class MetadataWriter:
             if self.options.sidecar:
                 return self._write_sidecar(photo, caption)
             return self._write_embedded(photo, caption)
+        except ExifToolStopped as exc:
+            raise ExifToolStopped(f"cannot write metadata for {photo}: {exc}", exc.reason) from exc
         except OSError as exc:  # the file or its folder changed under us (removed, a dangling link)
             raise CaptionError(f"cannot write metadata for {photo}: {exc.strerror or exc}") from exc
 
@@ -171,6 +199,8 @@ class MetadataWriter:
             try:
                 existing = existing_description(self._exiftool.read_tags(Path(os.path.realpath(photo)),
                                                                          DESCRIPTION_TAGS))
+            except ExifToolStopped:
+                raise
             except CaptionError as exc:
                 logger.debug("no description read from %s: %s", photo, exc)
         return self._apply(shown, target, XMP_FIELDS, existing, caption,
@@ -247,7 +277,8 @@ class MetadataWriter:
                  for field, value in values.items()]
         if source is not None:
             args.append(absolute(source))
-        reply = self._exiftool.execute(*args)
+        size = os.stat(source).st_size if source is not None else 0
+        reply = self._exiftool.execute(*args, allowance=size / COPY_BYTES_PER_S)
         for warning in reply.warnings():
             logger.debug("ExifTool on %s: %s", shown, warning)
         if reply.errors() or not tmp.exists():
