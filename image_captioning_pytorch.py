@@ -7,19 +7,15 @@ A thin command line over the ``utils`` package; see README.md for every option.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
-
-def _quit_on_ctrl_c(signum: int, _frame: object) -> None:
-    os.write(2, b"ERROR: interrupted\n")
-    os._exit(128 + signum)
-
-
 if __name__ == "__main__":
-    # Ctrl-C while the libraries below load (seconds, on a cold disk) ends the program at once, with
-    # nothing to clean up yet; main() puts the normal KeyboardInterrupt back before any work starts.
-    signal.signal(signal.SIGINT, _quit_on_ctrl_c)
+    # First of all: Ctrl-C or SIGTERM while the libraries below load (seconds, on a cold disk) ends the
+    # program at once, with nothing to clean up yet; main() says how they are answered once work starts
+    # (utils/stopping.py).
+    from utils.stopping import Interrupts
+
+    Interrupts(mode="exit").install_for_program()
     from utils.limits import apply_decoding_limit
 
     apply_decoding_limit()  # OpenCV reads it once, when it loads
@@ -46,6 +42,7 @@ from utils.output.writers import FORMATS, printable  # noqa: E402
 from utils.quantization import PRECISIONS  # noqa: E402
 from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments  # noqa: E402
 from utils.stderr import library_output_silenced, own_stderr  # noqa: E402
+from utils.stopping import MESSAGE, exit_status, program_work, signum_of  # noqa: E402
 from utils.video.job import DEFAULT_INTERVAL, VideoJob  # noqa: E402
 from utils.video.run import run_video  # noqa: E402
 
@@ -224,8 +221,6 @@ def video_job(args: argparse.Namespace) -> VideoJob:
 def main(argv: list[str] | None = None, standalone: bool = False) -> int:
     """Run the program; ``standalone``: this process is the program (not a test calling in), so it may
     rearrange its own stderr (utils/stderr.py)."""
-    if signal.getsignal(signal.SIGINT) is _quit_on_ctrl_c:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     model_dir = model_folder_of(argv)
     parser = build_parser(model_dir)
     args = parser.parse_args(argv)
@@ -243,46 +238,21 @@ def main(argv: list[str] | None = None, standalone: bool = False) -> int:
         own_stderr()  # before logging keeps a reference to sys.stderr; see utils/stderr.py
     configure_logging(args.debug)
     try:
-        if args.env_list:
-            print("\n".join(ailia_environments()))
-            return 0
-        if args.import_checkpoint is not None:
-            return run_import(args)
-        options = CaptionerOptions(
-            model=args.model,
-            model_dir=args.model_dir,
-            runtime=RuntimeOptions(backend=args.backend, env_id=args.env_id, memory_mode=args.memory_mode),
-            offline=args.offline,
-            precision=args.precision,
-        )
-        if args.video is not None:
-            return run_video(video_job(args), options)
-        options = replace(options, workers=args.workers or default_workers())
-        job = ImageJob(
-            inputs=args.input or [str(SAMPLE_IMAGE)],
-            savepath=args.savepath,
-            format=args.format,
-            captions_file=args.captions_file,
-            benchmark_count=args.benchmark_count if args.benchmark else 0,
-            decoding=decoding_options(args),
-            metadata=metadata_options(args),
-        )
-        if quiet_libraries:
-            with library_output_silenced():
-                return run_images(job, options)
-        return run_images(job, options)
+        with program_work():
+            return _run(args, quiet_libraries)
     except CaptionError as exc:
         # Control characters (a newline in a file name) are escaped, but a message's own lines stay lines:
         # the --offline message lists each missing file on a line of its own.
         logger.error("%s", "\n".join(printable(line) for line in str(exc).split("\n")))
         return 1
-    except KeyboardInterrupt:
-        logger.error("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        logger.error(MESSAGE)
+        return exit_status(signum_of(exc))
     except Exception as exc:
-        if any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc)):  # Ctrl-C inside a library's import
-            logger.error("interrupted")
-            return 130
+        interrupt = next((e for e in exception_chain(exc) if isinstance(e, KeyboardInterrupt)), None)
+        if interrupt is not None:  # Ctrl-C inside a library's import, wrapped in its own error
+            logger.error(MESSAGE)
+            return exit_status(signum_of(interrupt))
         # Not a problem with the input: a bug. One line still, the traceback with --debug.
         logger.debug("%s", "".join(traceback.format_exception(exc)))
         logger.error("internal error: %s: %s (run with --debug for details)", type(exc).__name__,
@@ -290,21 +260,42 @@ def main(argv: list[str] | None = None, standalone: bool = False) -> int:
         return 1
 
 
-def _redeliver_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
-    """A Ctrl-C that lands inside a destructor (a progress bar's ``__del__``) would be printed as an ignored
-    exception with its traceback, and lost; sent again, it stops the program like any other."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
-        return
-    sys.__unraisablehook__(unraisable)
+def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
+    if args.env_list:
+        print("\n".join(ailia_environments()))
+        return 0
+    if args.import_checkpoint is not None:
+        return run_import(args)
+    options = CaptionerOptions(
+        model=args.model,
+        model_dir=args.model_dir,
+        runtime=RuntimeOptions(backend=args.backend, env_id=args.env_id, memory_mode=args.memory_mode),
+        offline=args.offline,
+        precision=args.precision,
+    )
+    if args.video is not None:
+        return run_video(video_job(args), options)
+    options = replace(options, workers=args.workers or default_workers())
+    job = ImageJob(
+        inputs=args.input or [str(SAMPLE_IMAGE)],
+        savepath=args.savepath,
+        format=args.format,
+        captions_file=args.captions_file,
+        benchmark_count=args.benchmark_count if args.benchmark else 0,
+        decoding=decoding_options(args),
+        metadata=metadata_options(args),
+    )
+    if quiet_libraries:
+        with library_output_silenced():
+            return run_images(job, options)
+    return run_images(job, options)
 
 
 def _exit(status: int) -> None:
-    """Exit with ``status``. After an interruption a model thread may still be inside ONNX Runtime, and
-    the interpreter's normal shutdown would destroy the runtime under it (SIGABRT); by now every file of
-    ours is complete or removed, so the process ends without that shutdown."""
-    if status < 128:
-        sys.exit(status)
+    """Flush and exit with ``status``, without the interpreter's shutdown: by now every file of ours is
+    complete or removed, and the shutdown could only go wrong. After an interruption a model thread may
+    still be inside ONNX Runtime, which the shutdown would destroy under it (SIGABRT); and a signal
+    that came during it would end the process by that signal, after a run that had finished."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
@@ -315,5 +306,4 @@ def _exit(status: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.unraisablehook = _redeliver_interrupt
     _exit(main(standalone=True))

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SAMPLE, SCRIPT, RunCli, cli_env
+from tests.test_hostile_signals import imports_begun, wait_until
 from tests.video_helpers import make_video
 
 HEADLESS = {"DISPLAY": "", "WAYLAND_DISPLAY": ""}
@@ -285,8 +286,10 @@ def start(args: list[str | Path], cwd: Path) -> subprocess.Popen[str]:
 
 @pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
 def test_ctrl_c_during_start_up_is_clean(models: Path, tmp_path: Path, delay: float) -> None:
-    """Ctrl-C while Python imports OpenCV / ONNX Runtime or while the models load."""
+    """Ctrl-C while Python imports OpenCV / ONNX Runtime or while the models load (counted from the start
+    of the program's imports: the interpreter's own start-up before it answers no signal)."""
     proc = start(["-i", SAMPLE, *flags(models)], tmp_path)
+    wait_until(proc, imports_begun(proc))
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from utils.errors import CaptionError
 from utils.pipeline import ordered_map
 from utils.preprocess import read_image
 from utils.runtime import RuntimeOptions
+from utils.stopping import StopRequest
 
 
 def _pipeline_threads() -> list[str]:
@@ -142,6 +144,30 @@ def test_closing_early_waits_for_the_item_a_worker_holds() -> None:
     assert len(finished) < 10
 
 
+@pytest.mark.parametrize("insist", [False, True])
+def test_a_stop_request_ends_the_results_and_insisting_stops_waiting(insist: bool) -> None:
+    """A Ctrl-C (the stop request set) ends the results before the next one; the item a worker holds
+    is still waited for, unless a second Ctrl-C insists."""
+
+    def work(x: int) -> int:
+        time.sleep(1.0)
+        return x
+
+    stop = StopRequest()
+    results = ordered_map(range(100), lambda x: x, [work], stop=stop)
+    assert next(results).value == 0  # the worker is on item 1 now
+    stop.request(signal.SIGINT)
+    if insist:
+        stop.request(signal.SIGINT)
+    assert list(results) == []
+    try:
+        assert ("worker-0" in _pipeline_threads()) is insist
+    finally:
+        for thread in threading.enumerate():
+            if thread.name.startswith(("reader-", "worker-")):
+                thread.join()
+
+
 @pytest.fixture(scope="module")
 def two_workers(model_set_dir: tuple[Path, object]) -> Captioner:
     return Captioner(CaptionerOptions(model_dir=model_set_dir[0], offline=True, progress=False, workers=2,
@@ -251,6 +277,7 @@ sys.addaudithook(hook)
 from utils.captioner import CaptionerOptions
 from utils.images import ImageJob, run_images
 from utils.runtime import RuntimeOptions
+from utils.stopping import StopRequest
 
 class Head(io.StringIO):
     # A reader that leaves after five lines, as `| head -5` does: image mode then stops.

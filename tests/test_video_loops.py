@@ -22,6 +22,7 @@ from utils.decoding.options import DecodingOptions
 from utils.drawing import draw_caption
 from utils.output.writers import format_time
 from utils.runtime import RuntimeOptions
+from utils.stopping import stop_requests
 from utils.video.job import VideoJob
 from utils.video.live import CaptionEvent
 from utils.video.loops import process_video
@@ -29,7 +30,6 @@ from utils.video.presenter import Observer
 from utils.video.run import run_video
 from utils.video.schedule import CaptionSchedule
 from utils.video.source import Frame, VideoSource, open_source, parse_source
-from utils.video.stopping import graceful_stop
 from utils.video.writer import VideoFileWriter, _incomplete, _without_tag_notices
 
 
@@ -201,14 +201,42 @@ def test_camera_disconnect_ends_cleanly_with_the_video_saved(
     assert len(read_frames(out)) == 20 and sink.getvalue()
 
 
-def test_graceful_stop_first_signal_asks_second_forces() -> None:
-    with graceful_stop() as stop:
+def test_stop_requests_first_signal_asks_second_insists_none_raises() -> None:
+    with stop_requests() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(2) and stop.signum == signal.SIGTERM and not stop.insisted
         os.kill(os.getpid(), signal.SIGINT)
-        assert stop.wait(2) and stop.signum == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(2)
+        deadline = time.monotonic() + 2
+        while not stop.insisted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.insisted and stop.signum == signal.SIGTERM  # the first one is the run's status
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_a_second_signal_stops_waiting_for_the_model(tmp_path: Path, live: bool) -> None:
+    """After the first signal the loop ends and waits for the caption being made (one model run); a
+    second one means "at once": the loop returns with the model still at work, and nothing raised."""
+    clip = make_video(tmp_path / "clip.avi", 30, fps=10.0)
+    slow = SlowCaptioner(1.5)
+    source = open_source(str(clip), realtime=live)
+
+    def twice_at_the_first_frame(frame: Frame, event: CaptionEvent | None, image: np.ndarray) -> None:
+        if frame.index == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with stop_requests() as stop:
+            stats = process_video(VideoJob(source=str(clip), live=live, display=False), cast(Captioner, slow), source,
+                                  out=io.StringIO(), stop=stop, observer=twice_at_the_first_frame)
+        assert stats.end == "interrupted" and stop.insisted
+        assert [t for t in threading.enumerate() if t.name.startswith("captioner") and t.is_alive()]
+    finally:
+        source.release()
+        for thread in threading.enumerate():
+            if thread.name.startswith("captioner"):
+                thread.join()
 
 
 def test_writer_is_atomic(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,7 @@ SCENE_FRAMES = 15  # frames per scene: the picture changes this often, so captio
 def scene(k: int, size: tuple[int, int]) -> np.ndarray:
     """Frame k: the sample photo, changed every SCENE_FRAMES frames (original, inverted, dark, bright) so
     that the test models caption each scene differently."""
-    base = cv2.resize(imread(SAMPLE), size, interpolation=cv2.INTER_AREA)
+    base = _sample_at(size)
     n = (k // SCENE_FRAMES) % 4
     if n == 1:
         return 255 - base
@@ -24,7 +25,13 @@ def scene(k: int, size: tuple[int, int]) -> np.ndarray:
         return base // 3
     if n == 3:
         return cv2.add(base, np.full_like(base, 80))
-    return base
+    return base.copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _sample_at(size: tuple[int, int]) -> np.ndarray:
+    """The sample photo at ``size``, decoded once (a long video would otherwise decode it per frame)."""
+    return cv2.resize(imread(SAMPLE), size, interpolation=cv2.INTER_AREA)
 
 
 def make_video(path: Path, frames: int, fps: float = 10.0, size: tuple[int, int] = (160, 120)) -> Path:

@@ -26,6 +26,7 @@ from utils.quantization.decoder import int8_decoder_model, int8_decoder_pays, in
 from utils.quantization.features import int8_feature_model
 from utils.quantization.methods import cpu_flags, method_for_flags
 from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, RuntimeOptions, first_input, require_ailia
+from utils.stopping import StopRequest
 from vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class Captioner:
 
     def caption_many(self, images: Iterable[T], options: DecodingOptions | None = None,
                      read: Callable[[T], np.ndarray] | None = None,
-                     keep_images: bool = False) -> Iterator[Captioned[T]]:
+                     keep_images: bool = False, stop: StopRequest | None = None) -> Iterator[Captioned[T]]:
         """Caption many images with every worker at once, yielding the results in input order.
 
         ``images`` are BGR arrays, or anything ``read`` turns into one (e.g. ``read_image`` and paths);
@@ -203,7 +204,8 @@ class Captioner:
         cannot be read or captioned gives a ``Captioned`` with ``error`` set, and the rest go on. Memory
         stays bounded however many images there are: a few images per worker are in flight at a time,
         and ``images`` may be a lazy iterable. ``keep_images`` hands each decoded image back (to draw
-        on), at the cost of keeping it until the next result is asked for."""
+        on), at the cost of keeping it until the next result is asked for. Once ``stop`` is set (a
+        Ctrl-C, utils/stopping.py), the results end early."""
         options = options or DecodingOptions()
 
         def prepare(source: T) -> tuple[np.ndarray | None, np.ndarray, dict[str, float]]:
@@ -222,7 +224,7 @@ class Captioner:
             return lambda prepared: (prepared[0], self._caption(worker, prepared[1], options, prepared[2]))
 
         for done in ordered_map(images, prepare, [work_for(w) for w in self._workers],
-                                readers=_readers(len(self._workers))):
+                                readers=_readers(len(self._workers)), stop=stop):
             image, result = done.value if done.value is not None else (None, None)
             yield Captioned(done.item, result, done.error, image)
 

@@ -25,6 +25,7 @@ from utils.output.captions_file import check_captions_file, open_writers
 from utils.output.paths import plan_outputs, save_image
 from utils.output.records import CaptionRecord, RunSummary
 from utils.preprocess import as_bgr, read_image
+from utils.stopping import Interrupted, StopRequest, stop_requests
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,14 @@ def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdou
     # one worker with every core, and so the shortest time (and -b on it times that, run after run).
     captioner = load(replace(options, workers=min(options.workers, len(todo)))) if todo else None
     totals = _Totals(keep_runs=job.benchmark_count > 0)
-    with open_writers(job.format, out, job.captions_file) as writer, _metadata_writer(job, todo) as metadata:
+    # Ctrl-C or SIGTERM never raises in here: the photo at hand is finished (saved, its metadata written,
+    # printed), the workers finish theirs, and the run stops there (utils/stopping.py).
+    with stop_requests() as stop, open_writers(job.format, out, job.captions_file) as writer, \
+            _metadata_writer(job, todo) as metadata:
         writer.begin(len(items))
         with tqdm(total=len(items), unit="image", file=sys.stderr, disable=True if len(items) < 2 else None,
                   leave=False) as bar:
-            for outcome in _outcomes(captioner, job, items, outputs):
+            for outcome in _outcomes(captioner, job, items, outputs, stop):
                 if metadata is not None:
                     _write_metadata(metadata, outcome)
                 writer.write(_record(outcome, captioner, job))
@@ -84,6 +88,9 @@ def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdou
                 bar.update()
                 if writer.reader_gone and job.savepath is None:
                     break  # nobody reads the captions and nothing is saved: the rest would be wasted work
+        if stop.is_set():
+            # Raised here, between photos: the captions file is removed and every saved file is whole.
+            raise Interrupted(stop.signum)
         writer.end(_summary(captioner, totals, job))
     return 1 if totals.failed else 0
 
@@ -96,7 +103,7 @@ class _Run:
 
 
 def _outcomes(captioner: Captioner | None, job: ImageJob, items: list[InputItem],
-              outputs: dict[int, Path]) -> Iterator[Outcome]:
+              outputs: dict[int, Path], stop: StopRequest) -> Iterator[Outcome]:
     """Each input's outcome, in input order; the captioner's workers run ahead of this generator."""
     if captioner is None:  # nothing to caption: every input is already an error
         yield from (Outcome(item, error=item.error) for item in items)
@@ -105,7 +112,7 @@ def _outcomes(captioner: Captioner | None, job: ImageJob, items: list[InputItem]
     plan = (_Run(index, item, run == runs - 1 or item.error is not None)
             for index, item in enumerate(items) for run in range(runs if item.error is None else 1))
     outcome: Outcome | None = None
-    for done in captioner.caption_many(plan, job.decoding, read=_read, keep_images=bool(outputs)):
+    for done in captioner.caption_many(plan, job.decoding, read=_read, keep_images=bool(outputs), stop=stop):
         run = done.source
         if outcome is None:
             outcome = Outcome(run.item, output=outputs.get(run.index))

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from utils.errors import CaptionError
+from utils.stopping import StopRequest, join_unless_insisted
 
 T = TypeVar("T")  # an input item
 P = TypeVar("P")  # a prepared item
 R = TypeVar("R")  # a worker's result
 
-_POLL_S = 0.1  # how often a reader waiting for room checks whether the run was stopped
+_POLL_S = 0.1  # how often a thread waiting checks whether the run was stopped
 
 
 @dataclass(frozen=True)
@@ -40,24 +41,26 @@ class _Failure:
 
 
 def ordered_map(items: Iterable[T], prepare: Callable[[T], P], workers: Sequence[Callable[[P], R]],
-                readers: int = 1, ahead: int | None = None) -> Iterator[Finished[T, R]]:
+                readers: int = 1, ahead: int | None = None,
+                stop: StopRequest | None = None) -> Iterator[Finished[T, R]]:
     """Yield ``workers[k](prepare(item))`` for every item, in input order.
 
     A CaptionError from ``prepare`` or a worker is that item's result (``Finished.error``) and the rest
     go on; any other exception is raised here when its item's turn comes. An item's slot is freed when
     the caller asks for the next one, so whatever the caller keeps of a result until then is bounded
-    too. Closing the iterator early (``break``, an exception, Ctrl-C) stops the threads after their
-    current item and waits for that.
+    too. Closing the iterator early (``break``, an exception) stops the threads after their current
+    item and waits for that. Once ``stop`` is set (Ctrl-C) the results end early, as after a ``break``
+    (the caller tells the two ends apart by ``stop``); if it insists, the threads are not waited for.
     """
     if not workers:
         raise ValueError("ordered_map needs at least one worker")
-    run = _Run(items, prepare, workers, max(1, readers), ahead or 2 * len(workers) + max(1, readers))
+    run = _Run(items, prepare, workers, max(1, readers), ahead or 2 * len(workers) + max(1, readers), stop)
     return run.results()
 
 
 class _Run(Generic[T, P, R]):
     def __init__(self, items: Iterable[T], prepare: Callable[[T], P], workers: Sequence[Callable[[P], R]],
-                 readers: int, ahead: int) -> None:
+                 readers: int, ahead: int, stop: StopRequest | None) -> None:
         self._source = iter(items)
         self._prepare = prepare
         self._workers = list(workers)
@@ -70,6 +73,7 @@ class _Run(Generic[T, P, R]):
         self._total: int | None = None  # known once the source is exhausted
         self._readers_left = readers
         self._stop = threading.Event()
+        self._asked = stop  # the caller's stop request (Ctrl-C), looked at while waiting for a result
         self._threads = [threading.Thread(target=self._read, name=f"reader-{i}", daemon=True)
                          for i in range(readers)]
         self._threads += [threading.Thread(target=self._serve, args=(work,), name=f"worker-{i}", daemon=True)
@@ -90,18 +94,22 @@ class _Run(Generic[T, P, R]):
         finally:
             # Stopped early or not, every thread ends before this returns: each finishes at most the item
             # it holds (one model run). A thread left inside ONNX Runtime would have the runtime torn down
-            # under it when the interpreter exits, and the process would die with SIGABRT.
+            # under it when the interpreter exits, and the process would die with SIGABRT. Only a second
+            # Ctrl-C cuts this short: the program then exits without that tear-down.
             self._halt()
             for thread in self._threads:
-                thread.join()
+                join_unless_insisted(thread, self._asked)
 
     def _wait_for(self, index: int) -> Finished[T, R] | _Failure | None:
         with self._changed:
             while index not in self._done:
-                if self._total is not None and index >= self._total:
+                if (self._total is not None and index >= self._total) or self._stop_asked():
                     return None
-                self._changed.wait()
-            return self._done.pop(index)
+                self._changed.wait(None if self._asked is None else _POLL_S)
+            return None if self._stop_asked() else self._done.pop(index)
+
+    def _stop_asked(self) -> bool:
+        return self._asked is not None and self._asked.is_set()
 
     def _halt(self) -> None:
         self._stop.set()

@@ -190,10 +190,10 @@ class ExifTool:
             command = [executable]
         args = [*command, "-stay_open", "True", "-@", "-", "-common_args", *COMMON_ARGS]
         try:
-            # Same process group as ours on purpose: Ctrl-C ends ExifTool too; a dead process is noticed
-            # as the end of its stdout.
+            # A process group of its own (see _child_setup); a dead process is noticed as the end of its
+            # stdout.
             process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       preexec_fn=_die_with_parent())
+                                       preexec_fn=_child_setup())
         except OSError as exc:
             raise CaptionError(f"cannot start ExifTool: {exc.strerror or exc}; {INSTALL_HINT}") from exc
         assert process.stdout is not None and process.stderr is not None
@@ -375,25 +375,31 @@ def _line_at(data: bytearray, line: bytes, start: int) -> int | None:
     return None
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """On Linux, a function for the child that asks the kernel to kill it when its parent dies, so that
-    even a run killed with SIGKILL leaves no ExifTool behind. (The kernel ties this to the thread that
-    started it; should that thread end first, ExifTool ends and the next command starts a new one.)
-    libc is looked up here, in the parent: the child only makes the one call."""
-    if not sys.platform.startswith("linux"):
+def _child_setup() -> Callable[[], None] | None:
+    """What the child does before ExifTool starts (POSIX). It gets a process group of its own, so that a
+    Ctrl-C at the terminal reaches this program only, which lets the photo at hand be finished (ExifTool
+    included) and then closes ExifTool (utils/stopping.py). On Linux it also asks the kernel to kill it
+    when its parent dies, so that even a run killed with SIGKILL leaves no ExifTool behind. (The kernel
+    ties this to the thread that started it; should that thread end first, ExifTool ends and the next
+    command starts a new one.) libc is looked up here, in the parent: the child only makes the calls."""
+    if sys.platform == "win32":
         return None
-    try:
-        import ctypes
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
     pr_set_pdeathsig = 1
 
-    def set_death_signal() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
-    return set_death_signal
+    return setup
 
 
 def _kill_quietly(process: subprocess.Popen[bytes]) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.captioner import CaptionResult
+from utils.stopping import StopRequest, join_unless_insisted
 from utils.video.source import Frame
 
 
@@ -82,13 +83,13 @@ class LatestFrameWorker:
                 raise self._error
             return self._latest
 
-    def stop(self) -> None:
-        """Ask the worker to finish and wait for it (at most the caption in progress)."""
+    def stop(self, give_up: StopRequest | None = None) -> None:
+        """Ask the worker to finish and wait for it (at most the caption in progress), unless ``give_up``
+        insists (a second Ctrl-C)."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join()
+        join_unless_insisted(self._thread, give_up)
 
     def _take(self, not_before: float) -> Frame | None:
         with self._cond:

@@ -13,10 +13,9 @@
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TextIO
 
@@ -25,6 +24,7 @@ import numpy as np
 from utils.captioner import Captioner, CaptionResult
 from utils.output.captions_file import open_writers
 from utils.output.records import RunSummary
+from utils.stopping import StopRequest
 from utils.video.job import DEFAULT_INTERVAL, End, VideoJob, VideoStats
 from utils.video.live import CaptionEvent, CaptionFn, LatestFrameWorker, caption_frame
 from utils.video.presenter import Observer, Presenter
@@ -40,7 +40,7 @@ class _Stopped(Exception):
     pass
 
 
-def _wait_for(future: Future[CaptionEvent], stop: threading.Event) -> CaptionEvent:
+def _wait_for(future: Future[CaptionEvent], stop: StopRequest) -> CaptionEvent:
     while True:
         try:
             return future.result(timeout=0.1)
@@ -50,40 +50,50 @@ def _wait_for(future: Future[CaptionEvent], stop: threading.Event) -> CaptionEve
 
 
 def _run_file(job: VideoJob, caption: CaptionFn, source: VideoSource, presenter: Presenter,
-              stop: threading.Event) -> End:
+              stop: StopRequest) -> End:
     schedule = CaptionSchedule(job.interval or DEFAULT_INTERVAL, job.sync)
     frame_bytes = max(1, source.width * source.height * 3)
     limit = max(8, min(1024, FRAME_BUFFER_BYTES // frame_bytes))
     pending: deque[tuple[Frame, Future[CaptionEvent]]] = deque()
     current: Future[CaptionEvent] | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner") as executor:
-        try:
-            while not stop.is_set():
-                frame = source.read()
-                if frame is None:
-                    break
-                if schedule.due(frame.time) or current is None:
-                    current = executor.submit(caption_frame, caption, frame)
-                pending.append((frame, current))
-                # Frames leave in order, each once its caption is ready; reading runs ahead meanwhile.
-                while pending and (pending[0][1].done() or len(pending) >= limit):
-                    frame, future = pending.popleft()
-                    if not presenter.present(frame, _wait_for(future, stop)):
-                        return "quit"
-            while pending and not stop.is_set():
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captioner")
+    try:
+        while not stop.is_set():
+            frame = source.read()
+            if frame is None:
+                break
+            if schedule.due(frame.time) or current is None:
+                current = executor.submit(caption_frame, caption, frame)
+            pending.append((frame, current))
+            # Frames leave in order, each once its caption is ready; reading runs ahead meanwhile.
+            while pending and (pending[0][1].done() or len(pending) >= limit):
                 frame, future = pending.popleft()
                 if not presenter.present(frame, _wait_for(future, stop)):
                     return "quit"
-        except _Stopped:
-            pass
-        finally:
-            for _, future in pending:
-                future.cancel()
+        while pending and not stop.is_set():
+            frame, future = pending.popleft()
+            if not presenter.present(frame, _wait_for(future, stop)):
+                return "quit"
+    except _Stopped:
+        pass
+    finally:
+        _shut_down(executor, [future for _, future in pending] + ([current] if current is not None else []), stop)
     return "interrupted" if stop.is_set() else "end"
 
 
+def _shut_down(executor: ThreadPoolExecutor, futures: list[Future[CaptionEvent]], stop: StopRequest) -> None:
+    """Drop the captions not started and wait for the one being made (a model run), unless a second
+    Ctrl-C says not to: the program then ends without it (it exits without the interpreter's shutdown)."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    running = {future for future in futures if not future.cancel()}
+    while running and not stop.insisted:
+        running = wait(running, timeout=0.05, return_when=FIRST_COMPLETED).not_done
+    if not running:
+        executor.shutdown(wait=True)  # its thread has no more work: it ends at once
+
+
 def _run_live(job: VideoJob, caption: CaptionFn, source: VideoSource, presenter: Presenter,
-              stop: threading.Event) -> End:
+              stop: StopRequest) -> End:
     worker = None if job.sync else LatestFrameWorker(caption, job.interval or 0.0).start()
     current: CaptionEvent | None = None
     try:
@@ -100,7 +110,7 @@ def _run_live(job: VideoJob, caption: CaptionFn, source: VideoSource, presenter:
                 return "quit"
     finally:
         if worker is not None:
-            worker.stop()
+            worker.stop(stop)
     if stop.is_set():
         return "interrupted"
     return "end" if source.realtime else "disconnected"
@@ -108,11 +118,11 @@ def _run_live(job: VideoJob, caption: CaptionFn, source: VideoSource, presenter:
 
 def process_video(job: VideoJob, captioner: Captioner, source: VideoSource,
                   video_out: VideoFileWriter | None = None, window: Window | None = None,
-                  out: TextIO = sys.stdout, stop: threading.Event | None = None,
+                  out: TextIO = sys.stdout, stop: StopRequest | None = None,
                   observer: Observer | None = None) -> VideoStats:
     """Run the loop for ``source`` until it ends, the user quits or ``stop`` is set; captions go to
     ``out`` in ``job.format``, and to ``job.captions_file`` in its extension's format."""
-    stop = stop or threading.Event()
+    stop = stop or StopRequest()
     with open_writers(job.format, out, job.captions_file) as results:
         results.begin()
         presenter = Presenter(job, captioner, source, video_out, window, results, stop, observer)

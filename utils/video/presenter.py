@@ -4,7 +4,6 @@ hands it to the video file, the window, the result writer and an observer, and c
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from utils.captioner import Captioner
 from utils.drawing import draw_caption
 from utils.output.records import CaptionRecord, VideoPosition
 from utils.output.writers import ResultWriter
+from utils.stopping import StopRequest
 from utils.video.job import End, VideoJob, VideoStats
 from utils.video.live import CaptionEvent
 from utils.video.source import Frame, VideoSource
@@ -30,7 +30,7 @@ class Pacer:
     """A file shown in a window plays no faster than its frame rate; a late frame does not make the
     next ones rush to catch up."""
 
-    def __init__(self, frame_period: float, stop: threading.Event) -> None:
+    def __init__(self, frame_period: float, stop: StopRequest) -> None:
         self.frame_period = frame_period
         self.stop = stop
         self._next: float | None = None
@@ -69,7 +69,7 @@ class Presenter:
     """Shows one frame with its caption everywhere it goes, and keeps the run's statistics."""
 
     def __init__(self, job: VideoJob, captioner: Captioner, source: VideoSource, video_out: VideoFileWriter | None,
-                 window: Window | None, results: ResultWriter, stop: threading.Event,
+                 window: Window | None, results: ResultWriter, stop: StopRequest,
                  observer: Observer | None) -> None:
         self.job = job
         self._captioner = captioner

@@ -14,10 +14,10 @@ from typing import TextIO
 from utils.captioner import Captioner, CaptionerOptions
 from utils.output.captions_file import check_captions_file
 from utils.output.writers import format_time
+from utils.stopping import stop_requests
 from utils.video.job import VideoJob, VideoStats
 from utils.video.loops import process_video
 from utils.video.source import VideoSource, open_source
-from utils.video.stopping import graceful_stop
 from utils.video.window import Window, display_available
 from utils.video.writer import CODECS, VideoFileWriter, plan_video_output
 
@@ -63,23 +63,27 @@ def run_video(job: VideoJob, options: CaptionerOptions, out: TextIO = sys.stdout
         captioner = load(options)
         if job.display:
             window = _open_window(job, source)
-        with graceful_stop() as stop:
-            stats = process_video(job, captioner, source, video_out, window, out, stop)
-    except KeyboardInterrupt:
-        # A second Ctrl-C: stop at once, but what was written is still a complete video.
-        if video_out is not None:
-            video_out.finish()
-        raise
     except BaseException:
         if video_out is not None:
             video_out.abort()
-        raise
-    finally:
         source.release()
-        if window is not None:
-            window.close()
-    saved = video_out.finish() if video_out is not None else False
-    return _report_end(stats, source, video_out, saved, stop.signum)
+        raise
+    # From here on a signal never raises: the first stops the loop after the current frame, a second
+    # stops its waits at once; either way the run ends here, with the video closed and the captions
+    # file committed (utils/stopping.py).
+    with stop_requests() as stop:
+        try:
+            stats = process_video(job, captioner, source, video_out, window, out, stop)
+        except BaseException:
+            if video_out is not None:
+                video_out.abort()
+            raise
+        finally:
+            source.release()
+            if window is not None:
+                window.close()
+        saved = video_out.finish() if video_out is not None else False
+        return _report_end(stats, source, video_out, saved, stop.signum)
 
 
 def _report_end(stats: VideoStats, source: VideoSource, video_out: VideoFileWriter | None, saved: bool,
