@@ -38,7 +38,7 @@ from utils.errors import CaptionError, exception_chain  # noqa: E402
 from utils.images import ImageJob, run_images  # noqa: E402
 from utils.metadata.cli import add_metadata_arguments, metadata_options, metadata_usage_error  # noqa: E402
 from utils.output.captions_file import EXTENSIONS, captions_file_usage_error  # noqa: E402
-from utils.output.writers import FORMATS, printable  # noqa: E402
+from utils.output.formats import FORMATS, printable  # noqa: E402
 from utils.quantization import PRECISIONS  # noqa: E402
 from utils.runtime import BACKENDS, RuntimeOptions, ailia_environments  # noqa: E402
 from utils.stderr import library_output_silenced, own_stderr  # noqa: E402

@@ -38,7 +38,7 @@ from utils.runtime import RuntimeOptions  # noqa: E402
 from utils.video.job import VideoJob, VideoStats  # noqa: E402
 from utils.video.loops import process_video  # noqa: E402
 from utils.video.source import open_source  # noqa: E402
-from utils.video.writer import VideoFileWriter  # noqa: E402
+from utils.video.video_file import VideoFileWriter  # noqa: E402
 
 FPS = 30.0
 SIZE = (640, 480)

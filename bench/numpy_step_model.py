@@ -4,13 +4,9 @@ that bench/bench_decoding.py measures (and the reason the program uses ONNX Runt
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
+from utils.arrays import F32, I64, State
 from utils.decoding.weights import DecoderWeights
-
-F32 = npt.NDArray[np.float32]
-I64 = npt.NDArray[np.int64]
-State = tuple[np.ndarray, np.ndarray]
 
 
 def _sigmoid(x: F32) -> F32:

@@ -22,9 +22,9 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-F32 = npt.NDArray[np.float32]
+from utils.arrays import F32, I64
+
 F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
 
 OPSET = 11
 # onnxruntime refuses models whose IR version is newer than it knows; 7 is what opset 11 shipped with.

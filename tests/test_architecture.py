@@ -17,8 +17,8 @@ from tests.conftest import ROOT, SAMPLE, RunCli, cli_env
 from tests.video_helpers import make_video
 from utils.captioner import Captioner, CaptionerOptions
 from utils.images import ImageJob, run_images
+from utils.output.formats import FORMATS, ResultWriter
 from utils.output.records import CaptionRecord, RunSummary
-from utils.output.writers import FORMATS, ResultWriter
 from utils.preprocess import read_image
 from utils.runtime import RuntimeOptions
 from utils.video.job import VideoJob

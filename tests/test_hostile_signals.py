@@ -33,7 +33,7 @@ from tests.video_helpers import make_video
 from utils.errors import CaptionError
 from utils.metadata import require_exiftool
 from utils.metadata.files import TEMP_MARKER
-from utils.output.writers import format_time
+from utils.output.formats import format_time
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the program start")
 

@@ -25,9 +25,9 @@ from utils.errors import CaptionError
 from utils.inputs import expand_inputs
 from utils.metadata import MetadataOptions, MetadataResult, MetadataWriter, require_exiftool, sidecar_path
 from utils.metadata import exiftool as exiftool_module
+from utils.metadata.alt_text import IPTC_MAX_BYTES
 from utils.metadata.exiftool import ExifTool, ExifToolStopped, encode_arg, parse_version
 from utils.metadata.files import TEMP_MARKER, is_temp_name
-from utils.metadata.writer import IPTC_MAX_BYTES
 
 XMP_DESC, ALT, EXIF_DESC, IPTC_CAP = (
     "XMP-dc:Description", "XMP-iptcCore:AltTextAccessibility", "IFD0:ImageDescription", "IPTC:Caption-Abstract",
@@ -435,7 +435,7 @@ def test_exiftool_killed_while_writing(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("where", ["keep_attributes", "commit"])
+@pytest.mark.parametrize("where", ["keep_attributes", "replace_durably"])
 @pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
 def test_an_interruption_leaves_the_photo_old_and_no_temporary_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, error: type[BaseException]) -> None:
@@ -445,7 +445,7 @@ def test_an_interruption_leaves_the_photo_old_and_no_temporary_file(
     def interrupted(*args: object) -> None:
         raise error(28, "No space left on device") if error is OSError else error()
 
-    monkeypatch.setattr(f"utils.metadata.writer.{where}", interrupted)
+    monkeypatch.setattr(f"utils.metadata.alt_text.{where}", interrupted)
     with MetadataWriter(MetadataOptions()) as writer:
         expected = CaptionError if error is OSError else error
         with pytest.raises(expected):

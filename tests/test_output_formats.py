@@ -20,8 +20,8 @@ from tests.conftest import SAMPLE, SCRIPT, RunCli, cli_env
 from tests.test_video_cli import HEADLESS, model_flags
 from tests.video_helpers import make_video, read_frames
 from utils.captioner import CaptionResult
+from utils.output.formats import FORMATS, ResultWriter
 from utils.output.records import CaptionRecord, RunSummary, VideoPosition
-from utils.output.writers import FORMATS, ResultWriter
 
 Cue = tuple[float, float, str]
 

@@ -20,7 +20,7 @@ from tests.video_helpers import make_video, read_frames, scene, video_info
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
 from utils.decoding.options import DecodingOptions
 from utils.drawing import draw_caption
-from utils.output.writers import format_time
+from utils.output.formats import format_time
 from utils.runtime import RuntimeOptions
 from utils.stopping import stop_requests
 from utils.video.job import VideoJob
@@ -30,7 +30,7 @@ from utils.video.presenter import Observer
 from utils.video.run import run_video
 from utils.video.schedule import CaptionSchedule
 from utils.video.source import Frame, VideoSource, open_source, parse_source
-from utils.video.writer import VideoFileWriter, _incomplete, _without_tag_notices
+from utils.video.video_file import VideoFileWriter, _incomplete, _without_tag_notices
 
 
 @pytest.fixture(scope="module")

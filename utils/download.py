@@ -2,12 +2,11 @@
 
 A download goes to a dot-prefixed temporary file beside its destination, is checked, synced and
 only then renamed over the destination, so an interrupted or bad transfer never looks like a
-finished file. ``folder_lock`` lets concurrent runs share one model folder.
+finished file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import logging
@@ -16,22 +15,21 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
 from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from utils.atomic import commit, create_temp_beside
 from utils.errors import CaptionError
+from utils.files.atomic import commit, create_temp_beside
 
 logger = logging.getLogger(__name__)
 
 # Seconds without any progress (connecting, or between two reads) before giving up.
 TIMEOUT_S = 30.0
 CHUNK_BYTES = 1 << 20
-LOCK_NAME = ".download.lock"
 
 
 def is_https(url: str) -> bool:
@@ -155,73 +153,3 @@ def download(url: str, dest: Path, check: Callable[[Path], None], progress: bool
             raise CaptionError(f"could not download {dest.name} from {url}: {_reason(error)}{hint}") from error
         raise
     return digest
-
-
-def _try_lock(fd: int) -> bool:
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _wait_for_lock(fd: int) -> None:
-    if sys.platform == "win32":
-        import msvcrt
-
-        while True:
-            try:
-                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # gives up after 10 s, hence the loop
-                return
-            except OSError:
-                continue
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_EX)
-
-
-def _unlock(fd: int) -> None:
-    if sys.platform == "win32":
-        import msvcrt
-
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        return
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (shared by every process using it) for the block.
-
-    A folder we cannot create the lock file in is read-only to us: nobody can write there through
-    this program either, so there is nothing to guard and the block runs unlocked.
-    """
-    path = folder / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as error:
-        logger.debug("running without a lock: cannot open %s (%s)", path, error)
-        yield
-        return
-    try:
-        if not _try_lock(fd):
-            logger.info("waiting for another process using %s", folder)
-            _wait_for_lock(fd)
-        try:
-            yield
-        finally:
-            _unlock(fd)
-    finally:
-        os.close(fd)

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 class ImageJob:
     inputs: list[str]
     savepath: Path | None = None
-    format: str = "text"  # a name in utils.output.writers.FORMATS
+    format: str = "text"  # a name in utils.output.formats.FORMATS
     captions_file: Path | None = None  # also write the records here, in its extension's format
     benchmark_count: int = 0  # 0: no benchmark; N: caption each image N times and report timings
     decoding: DecodingOptions = field(default_factory=DecodingOptions)

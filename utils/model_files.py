@@ -16,9 +16,10 @@ from pathlib import Path
 import onnx
 
 from models import MIRROR_ENV, FileKind, ModelFile, ModelSet
-from utils.atomic import write_atomic
-from utils.download import download, folder_lock, is_https
+from utils.download import download, is_https
 from utils.errors import CaptionError, first_line
+from utils.files.atomic import write_atomic
+from utils.files.lock import folder_lock
 from vocab import Vocabulary, vocabulary_from_bytes
 
 logger = logging.getLogger(__name__)

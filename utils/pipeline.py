@@ -54,11 +54,11 @@ def ordered_map(items: Iterable[T], prepare: Callable[[T], P], workers: Sequence
     """
     if not workers:
         raise ValueError("ordered_map needs at least one worker")
-    run = _Run(items, prepare, workers, max(1, readers), ahead or 2 * len(workers) + max(1, readers), stop)
+    run = _Pipeline(items, prepare, workers, max(1, readers), ahead or 2 * len(workers) + max(1, readers), stop)
     return run.results()
 
 
-class _Run(Generic[T, P, R]):
+class _Pipeline(Generic[T, P, R]):
     def __init__(self, items: Iterable[T], prepare: Callable[[T], P], workers: Sequence[Callable[[P], R]],
                  readers: int, ahead: int, stop: StopRequest | None) -> None:
         self._source = iter(items)

@@ -18,14 +18,14 @@ import numpy as np
 import onnxruntime as ort
 
 from models import DECODERS, IMPORTED_DECODER, IMPORTED_FOLDER, IMPORTED_NAME, IMPORTED_VOCAB
-from utils.atomic import sync_folder, write_atomic
 from utils.checkpoint.graph import DEFAULT_STEPS, INPUT_NAME, decoder_graph
 from utils.checkpoint.infos import read_infos
 from utils.checkpoint.newfc import MappedWeights, Sizes, architecture, map_weights
 from utils.checkpoint.torch_format import read_state_dict
 from utils.decoding.weights import RecoveryError, recover_weights
-from utils.download import folder_lock
 from utils.errors import CaptionError
+from utils.files.atomic import sync_folder, write_atomic
+from utils.files.lock import folder_lock
 from utils.model_files import checksum_record, sha256_bytes
 from vocab import vocabulary_from_bytes
 

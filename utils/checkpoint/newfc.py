@@ -15,15 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
+from utils.arrays import F32
 from utils.checkpoint.infos import Infos
 from utils.decoding.weights import PARAMETER_NAMES
 from utils.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 
-F32 = npt.NDArray[np.float32]
 # The prefix torch.nn.DataParallel puts before every key of the model it wraps.
 DATA_PARALLEL_PREFIX = "module."
 # The published feature model's output width (docs/models.md §2).

@@ -23,12 +23,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
+from utils.arrays import F32, I64
 from utils.decoding.options import DecodingOptions
-
-F32 = npt.NDArray[np.float32]
-I64 = npt.NDArray[np.int64]
 
 EOS = 0  # index 0 is BOS, EOS and padding at once (docs/models.md §4)
 UNK_WORD = "UNK"

@@ -23,14 +23,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
+from utils.arrays import F32, I64, State
 from utils.decoding.filters import EOS, LogitFilter, Step, apply_filters, log_softmax, logit_filters
 from utils.decoding.options import DecodingOptions, LengthPenalty, SampleMethod
-
-F32 = npt.NDArray[np.float32]
-I64 = npt.NDArray[np.int64]
-State = tuple[np.ndarray, np.ndarray]  # (h, c), one row per beam
 
 FINISHED_PENALTY = np.float32(1000.0)  # subtracted from a finished beam's running score
 

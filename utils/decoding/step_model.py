@@ -15,15 +15,11 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from utils.arrays import F32, I64, State
 from utils.decoding.weights import DecoderWeights
-
-F32 = npt.NDArray[np.float32]
-I64 = npt.NDArray[np.int64]
-State = tuple[np.ndarray, np.ndarray]
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 import onnx
 from onnx import numpy_helper
 
-F32 = npt.NDArray[np.float32]
+from utils.arrays import F32
 
 # PyTorch parameter names of NewFCModel (docs/models.md §4), keyed by the role they play here.
 PARAMETER_NAMES = {

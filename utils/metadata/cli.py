@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from utils.metadata.writer import MetadataOptions
+from utils.metadata.alt_text import MetadataOptions
 
 
 def add_metadata_arguments(p: argparse.ArgumentParser) -> None:

@@ -55,7 +55,7 @@ INSTALL_HINT = (
 COMMON_ARGS = ("-charset", "filename=UTF8", "-api", "LargeFileSupport=1")
 # One command's time-out. Writing one photo's metadata takes a few tens of milliseconds and reading its
 # tags less, since ExifTool copies the file without decoding it; a slow disk or network share makes that
-# seconds. A command that copies a large file gets more time on top (``allowance``, see writer.py).
+# seconds. A command that copies a large file gets more time on top (``allowance``, see alt_text.py).
 DEFAULT_TIMEOUT_S = 60.0
 # One command's answer: a JSON record of a few tags of one file is a few KB, and its largest value is a
 # description already in the photo, a paragraph. 8 MiB is a thousand times that, and little memory

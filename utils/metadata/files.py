@@ -7,12 +7,10 @@ import os
 import secrets
 import shutil
 import stat
-import sys
 from pathlib import Path
 
-from utils.atomic import sync_folder
 from utils.errors import CaptionError
-from utils.output.paths import read_only_file_system
+from utils.files.checks import read_only_file_system
 
 logger = logging.getLogger(__name__)
 
@@ -78,17 +76,6 @@ def keep_attributes(original: Path, tmp: Path, times: tuple[int, int] | None = N
         os.utime(tmp)
     else:  # copystat gave the original's times after the reads that set its access time
         os.utime(tmp, ns=times)
-
-
-def commit(tmp: Path, target: Path) -> None:
-    """Make ``tmp``'s content durable, then rename it over ``target`` and make the rename durable."""
-    fd = os.open(tmp, os.O_RDWR if sys.platform == "win32" else os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, target)
-    sync_folder(target.parent)
 
 
 def remove_quietly(path: Path) -> None:

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from utils.atomic import commit, create_temp_beside
 from utils.errors import CaptionError
-from utils.output.paths import check_output_slot, check_writable_folder, never_an_input
-from utils.output.writers import FORMATS, Mode, ResultWriter, Tee, make_writer
+from utils.files.atomic import commit, create_temp_beside
+from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
+from utils.output.formats import FORMATS, Mode, ResultWriter, Tee, make_writer
 
 OPTION = "--captions-file"
 EXTENSIONS = {".vtt": "vtt", ".srt": "srt", ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json",

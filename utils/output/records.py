@@ -1,7 +1,7 @@
 """What every output format is written from: one record per captioned image or video caption.
 
 Image mode and video mode both describe their results with ``CaptionRecord``; the writers
-(utils/output/writers.py) turn records into text, JSON Lines or any other format without knowing
+(utils/output/formats.py) turn records into text, JSON Lines or any other format without knowing
 which mode made them.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.captioner import CaptionResult
-from utils.metadata.writer import MetadataResult
+from utils.metadata.alt_text import MetadataResult
 
 
 @dataclass(frozen=True)

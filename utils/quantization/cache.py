@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.atomic import write_atomic
-from utils.download import folder_lock
 from utils.errors import CaptionError
+from utils.files.atomic import write_atomic
+from utils.files.lock import folder_lock
 from utils.model_files import sha256_bytes
 
 logger = logging.getLogger(__name__)

@@ -50,6 +50,7 @@ import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
 
+from utils.arrays import F32
 from utils.decoding.step_model import OrtStepModel
 from utils.decoding.weights import DecoderWeights, RecoveryError, recover_weights
 from utils.errors import CaptionError
@@ -58,7 +59,6 @@ from utils.quantization.cache import Built, DerivedFile, make_or_reuse
 from utils.quantization.features import FP32_HINT
 from utils.quantization.methods import AMX_FLAG, VNNI_FLAGS
 
-F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
 # Bump when what this module writes changes: cached files made the old way are then made again.

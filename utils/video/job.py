@@ -18,7 +18,7 @@ End = Literal["end", "quit", "interrupted", "disconnected"]
 class VideoJob:
     source: str  # camera index, file, URL or pipeline
     savepath: Path | None = None  # annotated video (.mp4, .m4v, .mov: mp4v; .avi, .mkv: MJPG)
-    format: str = "text"  # a name in utils.output.writers.FORMATS
+    format: str = "text"  # a name in utils.output.formats.FORMATS
     captions_file: Path | None = None  # also write the captions here, in its extension's format
     interval: float | None = None  # files: video seconds between captions (None: 1.0); live: minimum spacing
     sync: bool = False  # caption every frame (files) / caption each frame before showing it (live)

@@ -30,8 +30,8 @@ from utils.video.live import CaptionEvent, CaptionFn, LatestFrameWorker, caption
 from utils.video.presenter import Observer, Presenter
 from utils.video.schedule import CaptionSchedule
 from utils.video.source import Frame, VideoSource
+from utils.video.video_file import VideoFileWriter
 from utils.video.window import Window
-from utils.video.writer import VideoFileWriter
 
 FRAME_BUFFER_BYTES = 256 * 2**20  # frames a file may be read ahead of the one being captioned
 

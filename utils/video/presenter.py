@@ -12,14 +12,14 @@ import numpy as np
 
 from utils.captioner import Captioner
 from utils.drawing import draw_caption
+from utils.output.formats import ResultWriter
 from utils.output.records import CaptionRecord, VideoPosition
-from utils.output.writers import ResultWriter
 from utils.stopping import StopRequest
 from utils.video.job import End, VideoJob, VideoStats
 from utils.video.live import CaptionEvent
 from utils.video.source import Frame, VideoSource
+from utils.video.video_file import VideoFileWriter
 from utils.video.window import Window
-from utils.video.writer import VideoFileWriter
 
 WAITING = "(captioning...)"  # the caption line of the HUD before the first caption
 

@@ -13,13 +13,13 @@ from typing import TextIO
 
 from utils.captioner import Captioner, CaptionerOptions
 from utils.output.captions_file import check_captions_file
-from utils.output.writers import format_time
+from utils.output.formats import format_time
 from utils.stopping import stop_requests
 from utils.video.job import VideoJob, VideoStats
 from utils.video.loops import process_video
 from utils.video.source import VideoSource, open_source
+from utils.video.video_file import CODECS, VideoFileWriter, plan_video_output
 from utils.video.window import Window, display_available
-from utils.video.writer import CODECS, VideoFileWriter, plan_video_output
 
 logger = logging.getLogger(__name__)
 

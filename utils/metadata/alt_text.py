@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Literal
 
 from utils.errors import CaptionError
+from utils.files.atomic import replace_durably
+from utils.files.checks import check_output_slot
 from utils.metadata.exiftool import ExifTool, ExifToolStopped, absolute, clean_message, has_format_codes
-from utils.metadata.files import check_writable, commit, keep_attributes, remove_quietly, temp_beside, times_of
-from utils.output.paths import check_output_slot
+from utils.metadata.files import check_writable, keep_attributes, remove_quietly, temp_beside, times_of
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class PhotoFormat:
 # ExifTool's MIME type (found from the content, not the name; TIFF-based RAW files have their own) ->
 # what the format carries. PNG could take IPTC only in a non-standard text chunk and WebP has no IPTC
 # at all: readers look for XMP there. Other formats (GIF, HEIC, RAW, BMP, ...) get the sidecar.
-FORMATS: dict[str, PhotoFormat] = {
+PHOTO_FORMATS: dict[str, PhotoFormat] = {
     "image/jpeg": PhotoFormat("JPEG", (*XMP_FIELDS, EXIF_DESCRIPTION, IPTC_CAPTION), (".jpg", ".jpeg", ".jpe")),
     "image/tiff": PhotoFormat("TIFF", (*XMP_FIELDS, EXIF_DESCRIPTION, IPTC_CAPTION), (".tif", ".tiff")),
     "image/png": PhotoFormat("PNG", (*XMP_FIELDS, EXIF_DESCRIPTION), (".png",)),
@@ -174,7 +175,7 @@ class MetadataWriter:
         real = Path(os.path.realpath(photo))  # a link's target is the photo; the link itself stays a link
         times = times_of(real)  # before any read sets the access time
         tags = self._exiftool.read_tags(real, ("File:FileType", MIME_TYPE, *DESCRIPTION_TAGS))
-        fmt = FORMATS.get(tags.get(MIME_TYPE, ""))
+        fmt = PHOTO_FORMATS.get(tags.get(MIME_TYPE, ""))
         if fmt is None:
             file_type = tags.get("File:FileType")
             kind = f"a {file_type} file" if file_type else "not a format ExifTool knows"
@@ -229,7 +230,7 @@ class MetadataWriter:
             self._edit(shown, source, tmp, values)
             if source is not None:
                 keep_attributes(target, tmp, times)
-            commit(tmp, target)
+            replace_durably(tmp, target)
         except OSError as exc:
             remove_quietly(tmp)
             raise CaptionError(f"cannot write {shown}: {exc.strerror or exc}; it was left as it was") from exc

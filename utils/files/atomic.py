@@ -53,3 +53,14 @@ def write_atomic(dest: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_durably(tmp: Path, target: Path) -> None:
+    """Make ``tmp``'s content durable, then rename it over ``target`` and make the rename durable."""
+    fd = os.open(tmp, os.O_RDWR if sys.platform == "win32" else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    sync_folder(target.parent)

@@ -1,0 +1,1 @@
+"""Writing files safely: atomically, never through links or over inputs, one lock per folder."""
