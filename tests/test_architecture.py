@@ -18,8 +18,8 @@ from tests.video_helpers import make_video
 from utils.captioner import Captioner, CaptionerOptions
 from utils.images import ImageJob, run_images
 from utils.output.formats import FORMATS, ResultWriter
-from utils.output.records import CaptionRecord, RunSummary
 from utils.preprocess import read_image
+from utils.records import CaptionRecord, RunSummary
 from utils.runtime import RuntimeOptions
 from utils.video.job import VideoJob
 from utils.video.loops import process_video

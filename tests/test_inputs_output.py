@@ -11,7 +11,7 @@ import pytest
 
 from utils.errors import CaptionError
 from utils.inputs import expand_inputs
-from utils.output.paths import plan_outputs, save_image
+from utils.steps.save import plan_outputs, save_image
 
 
 def touch_images(folder: Path, *names: str) -> list[Path]:

@@ -21,7 +21,8 @@ from tests.test_video_cli import HEADLESS, model_flags
 from tests.video_helpers import make_video, read_frames
 from utils.captioner import CaptionResult
 from utils.output.formats import FORMATS, ResultWriter
-from utils.output.records import CaptionRecord, RunSummary, VideoPosition
+from utils.records import CaptionRecord, RunSummary, VideoPosition
+from utils.steps.save import SavedImage
 
 Cue = tuple[float, float, str]
 
@@ -59,7 +60,7 @@ def expected_cues(records: list[dict[str, object]], duration: float) -> list[Cue
 
 
 def video_record(t: float, caption: str, confidence: float | None = -0.5) -> CaptionRecord:
-    return CaptionRecord("clip.mp4", CaptionResult(caption, [1, 2], confidence, {}), "fc", "onnxruntime",
+    return CaptionRecord("clip.mp4", CaptionResult(caption, [1, 2], confidence, {}, model="fc", backend="onnxruntime"),
                          video=VideoPosition(t, int(t * 10)))
 
 
@@ -114,7 +115,8 @@ def test_subtitles_are_video_only_tables_for_both() -> None:
 
 
 def test_table_rows_for_images_and_video() -> None:
-    images = [CaptionRecord("a,b.jpg", CaptionResult('say "hi"', [1], -0.25, {}), output=Path("out/a,b.jpg")),
+    images = [CaptionRecord("a,b.jpg", CaptionResult('say "hi"', [1], -0.25, {}),
+                            sections=(SavedImage(Path("out/a,b.jpg")),)),
               CaptionRecord("gone.png", None, error="gone.png does not exist"),
               CaptionRecord("blank.png", CaptionResult("", [], None, {}))]
     for name, delimiter in (("csv", ","), ("tsv", "\t")):

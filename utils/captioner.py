@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -20,7 +20,7 @@ from utils.decoding.step_model import OrtStepModel
 from utils.errors import CaptionError
 from utils.model_files import VerifiedFile, load_model_set
 from utils.pipeline import ordered_map
-from utils.preprocess import preprocess
+from utils.preprocess import preprocess, read_image
 from utils.quantization import PRECISIONS, Precision
 from utils.quantization.decoder import int8_decoder_model, int8_decoder_pays, int8_step_model
 from utils.quantization.features import int8_feature_model
@@ -78,6 +78,8 @@ class CaptionResult:
     confidence: float | None  # mean log-probability of the emitted words
     timings: dict[str, float]  # milliseconds per stage: preprocess, features, decode
     nbest: list[RankedCaption] | None = None  # with DecodingOptions.nbest: the best captions, best first
+    model: str = ""  # the decoder that made it
+    backend: str = ""  # the runtime that ran it
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,26 @@ class Captioned(Generic[T]):
     result: CaptionResult | None
     error: CaptionError | None = None
     image: np.ndarray | None = None  # the decoded image, with keep_images=True
+    runs: tuple[dict[str, float], ...] = ()  # each run's timings (several with ``repeats``)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """An image read and preprocessed, ready for a worker."""
+
+    image: np.ndarray | None  # the decoded image, when it is handed back
+    chw: np.ndarray
+    timings: dict[str, float]
+
+
+def _image_of(source: object) -> np.ndarray:
+    """An image given as an array, or as a file to read (a ``Path``: a plain string is not taken for a
+    file name)."""
+    if isinstance(source, np.ndarray):
+        return source
+    if isinstance(source, os.PathLike):
+        return read_image(Path(source))
+    raise CaptionError(f"not an image array: {type(source).__name__}")
 
 
 @dataclass
@@ -195,38 +217,48 @@ class Captioner:
                              {"preprocess": 1e3 * (time.perf_counter() - t0)})
 
     def caption_many(self, images: Iterable[T], options: DecodingOptions | None = None,
-                     read: Callable[[T], np.ndarray] | None = None,
-                     keep_images: bool = False, stop: StopRequest | None = None) -> Iterator[Captioned[T]]:
+                     read: Callable[[T], np.ndarray] | None = None, keep_images: bool = False,
+                     stop: StopRequest | None = None, repeats: int = 1) -> Generator[Captioned[T], None, None]:
         """Caption many images with every worker at once, yielding the results in input order.
 
-        ``images`` are BGR arrays, or anything ``read`` turns into one (e.g. ``read_image`` and paths);
-        reading and preprocessing run ahead of the models in a thread of their own. An image that
-        cannot be read or captioned gives a ``Captioned`` with ``error`` set, and the rest go on. Memory
-        stays bounded however many images there are: a few images per worker are in flight at a time,
-        and ``images`` may be a lazy iterable. ``keep_images`` hands each decoded image back (to draw
-        on), at the cost of keeping it until the next result is asked for. Once ``stop`` is set (a
-        Ctrl-C, utils/stopping.py), the results end early."""
+        ``images`` are BGR arrays or image files (``Path``s, read with ``read_image``), or anything ``read``
+        turns into an array; reading and preprocessing run ahead of the models in threads of their own.
+        An image that cannot be read or captioned gives a ``Captioned`` with ``error`` set, and the rest go
+        on. Memory stays bounded however many images there are: a few images per worker are in flight at
+        a time, and ``images`` may be a lazy iterable. ``keep_images`` hands each decoded image back (to
+        draw on), at the cost of keeping it until the next result is asked for. ``repeats`` captions each
+        image that many times, read included, and gives every run's timings (a benchmark). Once ``stop``
+        is set (a Ctrl-C, utils/stopping.py), the results end early."""
         options = options or DecodingOptions()
+        as_image = read or _image_of
 
-        def prepare(source: T) -> tuple[np.ndarray | None, np.ndarray, dict[str, float]]:
+        def prepare(run: tuple[T, int]) -> _Prepared:
             t0 = time.perf_counter()
-            image = read(source) if read is not None else source
+            image = as_image(run[0])
             t1 = time.perf_counter()
             if not isinstance(image, np.ndarray):
                 raise CaptionError(f"not an image array: {type(image).__name__}")
             chw = preprocess(image)
-            timings = {"read": 1e3 * (t1 - t0)} if read is not None else {}
+            timings = {"read": 1e3 * (t1 - t0)} if image is not run[0] else {}
             timings["preprocess"] = 1e3 * (time.perf_counter() - t1)
-            return (image if keep_images else None), chw, timings
+            return _Prepared(image if keep_images else None, chw, timings)
 
-        def work_for(worker: _Worker) -> Callable[[tuple[np.ndarray | None, np.ndarray, dict[str, float]]],
-                                                  tuple[np.ndarray | None, CaptionResult]]:
-            return lambda prepared: (prepared[0], self._caption(worker, prepared[1], options, prepared[2]))
+        def work_for(worker: _Worker) -> Callable[[_Prepared], tuple[np.ndarray | None, CaptionResult]]:
+            return lambda prepared: (prepared.image, self._caption(worker, prepared.chw, options, prepared.timings))
 
-        for done in ordered_map(images, prepare, [work_for(w) for w in self._workers],
+        runs = ((source, run) for source in images for run in range(repeats))
+        done_runs: list[dict[str, float]] = []
+        error: CaptionError | None = None
+        for done in ordered_map(runs, prepare, [work_for(w) for w in self._workers],
                                 readers=_readers(len(self._workers)), stop=stop):
+            source, run = done.item
             image, result = done.value if done.value is not None else (None, None)
-            yield Captioned(done.item, result, done.error, image)
+            error = error or done.error
+            if result is not None:
+                done_runs.append(result.timings)
+            if run == repeats - 1:  # an image's runs come in a row: this was its last
+                yield Captioned(source, None if error else result, error, image, tuple(done_runs))
+                done_runs, error = [], None
 
     def _caption(self, worker: _Worker, chw: np.ndarray, options: DecodingOptions,
                  timings: dict[str, float]) -> CaptionResult:
@@ -246,6 +278,8 @@ class Captioner:
             confidence=decoded.confidence,
             timings={**timings, "features": 1e3 * (t2 - t1), "decode": 1e3 * (t3 - t2)},
             nbest=nbest,
+            model=self.model,
+            backend=self.backend,
         )
 
 

@@ -15,6 +15,11 @@ class InputItem:
     path: Path | None
     error: str | None = None
 
+    def naming(self, message: str) -> str:
+        """``message``, prefixed with this input's name unless it already says which input it is about
+        (the listing's own errors always do): one rule for every message about an input."""
+        return message if self.name in message or self.path is None else f"{self.name}: {message}"
+
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from utils.errors import CaptionError
-from utils.output.formats import printable
+from utils.text import printable
 
 # The largest references or captions file read. The largest published references files are COCO's
 # captions_train2014.json (~66 MB) and Karpathy's dataset_coco.json (~140 MB, every split with its

@@ -12,13 +12,14 @@ import io
 import json
 import logging
 import os
-import statistics
 from typing import Any, ClassVar, Literal, TextIO
 
 from tqdm import tqdm
 
 from utils.errors import CaptionError
-from utils.output.records import CaptionRecord, RunSummary, as_json, metadata_json
+from utils.records import CaptionRecord, RunSummary, as_json
+from utils.steps.registry import table_columns
+from utils.text import printable
 
 logger = logging.getLogger("image_captioning_pytorch")
 
@@ -87,17 +88,10 @@ def format_time(seconds: float) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
-
-
-def printable(text: str) -> str:
-    """``text`` on one line: control characters (a newline in a file name) written as \\xNN escapes."""
-    return text.translate(_CONTROL)
-
-
 class TextWriter(ResultWriter):
     """For people: the caption (prefixed by the image's name when there are several, by the time in
-    video), its n-best list, a benchmark table at the end. Failed images go to the log (stderr)."""
+    video), its n-best list and its sections' notes; the steps' reports at the end. Failures go to the
+    log (stderr)."""
 
     name = "text"
 
@@ -116,40 +110,18 @@ class TextWriter(ResultWriter):
             line = f"{printable(record.input)}: {caption}" if self._names else caption
         for rank, ranked in enumerate(record.result.nbest or [], start=1):
             line += f"\n  {rank}. {ranked.score:.4f}  {printable(ranked.caption)}"
-        if (note := metadata_note(record)) is not None:
-            line += f"\n  {note}"
+        for section in record.sections:
+            if (note := section.note()) is not None:
+                line += f"\n  {note}"
         self._emit(line)
-        if record.metadata_error is not None and not self.quiet:
-            logger.error("%s", printable(record.metadata_error))
+        if not self.quiet:
+            for section in record.sections:
+                if section.error is not None:
+                    logger.error("%s", printable(section.error))
 
     def end(self, summary: RunSummary) -> None:
-        if summary.benchmark_runs and summary.benchmark:
-            self._emit(benchmark_table(summary))
-
-
-def metadata_note(record: CaptionRecord) -> str | None:
-    """What --write-metadata/--metadata-sidecar did, when a person should hear of it: a description left
-    alone, or (--dry-run) what would be written. A write that went as asked needs no words."""
-    m = record.metadata
-    if m is None or m.action == "written":
-        return None
-    if m.action == "kept":
-        return (f"metadata kept: {printable(str(m.target))} is already described as "
-                f"{printable(m.existing or '')!r} (--overwrite-metadata replaces it)")
-    replaces = f", replacing {printable(m.existing)!r}" if m.existing else ""
-    return f"would write to {printable(str(m.target))}: {', '.join(m.fields)}{replaces}"
-
-
-def benchmark_table(summary: RunSummary) -> str:
-    lines = [
-        f"benchmark: {summary.model} on {summary.backend}, {summary.benchmark_runs} runs x {summary.images} "
-        "images (ms)",
-        f"{'stage':<12}{'min':>10}{'median':>10}{'max':>10}",
-        f"{'load':<12}{summary.load_ms:>10.1f}",
-    ]
-    for stage, values in summary.benchmark.items():
-        lines.append(f"{stage:<12}{min(values):>10.1f}{statistics.median(values):>10.1f}{max(values):>10.1f}")
-    return "\n".join(lines)
+        for report in summary.reports:
+            self._emit(report)
 
 
 class JsonWriter(ResultWriter):
@@ -239,20 +211,21 @@ class SrtWriter(CueWriter):
         return f"{gap}{number}\n{times}\n{text}"
 
 
-IMAGE_COLUMNS = ("input", "caption", "confidence", "output", "metadata", "error")
 VIDEO_COLUMNS = ("time", "frame", "caption", "confidence")
 
 
 class CsvWriter(ResultWriter):
     """For spreadsheets: a header, then one row per image (failed ones with their error) or per video
-    caption. Images: input,caption,confidence,output,metadata,error (metadata: what --write-metadata or
-    --metadata-sidecar did: written, kept, would-write or failed); video: time,frame,caption,confidence."""
+    caption. Images: input,caption,confidence, each step's columns (output: the annotated copy; metadata:
+    what --write-metadata or --metadata-sidecar did), then error; video: time,frame,caption,confidence."""
 
     name = "csv"
     dialect: ClassVar[type[csv.Dialect]] = csv.excel
 
     def begin(self, inputs: int | None = None) -> None:
-        self._row(IMAGE_COLUMNS if inputs is not None else VIDEO_COLUMNS)
+        self._columns = table_columns()
+        self._row(("input", "caption", "confidence", *self._columns, "error") if inputs is not None
+                  else VIDEO_COLUMNS)
 
     def write(self, record: CaptionRecord) -> None:
         result = record.result
@@ -260,11 +233,11 @@ class CsvWriter(ResultWriter):
         confidence = "" if result is None or result.confidence is None else result.confidence
         if record.video is not None:
             self._row((round(record.video.time, 3), record.video.frame, caption, confidence))
-        else:
-            output = "" if record.output is None else str(record.output)
-            metadata = metadata_json(record) or {}
-            error = record.error or record.metadata_error or ""
-            self._row((record.input, caption, confidence, output, metadata.get("action", ""), error))
+            return
+        cells = dict.fromkeys(self._columns, "")
+        for section in record.sections:
+            cells.update(zip(section.columns, section.cells(), strict=True))
+        self._row((record.input, caption, confidence, *cells.values(), record.failure or ""))
 
     def _row(self, values: tuple[Any, ...]) -> None:
         # The dialect's own "\r\n" terminator makes the writer quote a field holding a bare "\r" as well as

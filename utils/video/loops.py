@@ -23,7 +23,7 @@ import numpy as np
 
 from utils.captioner import Captioner, CaptionResult
 from utils.output.captions_file import open_writers
-from utils.output.records import RunSummary
+from utils.records import RunSummary
 from utils.stopping import StopRequest
 from utils.video.job import DEFAULT_INTERVAL, End, VideoJob, VideoStats
 from utils.video.live import CaptionEvent, CaptionFn, LatestFrameWorker, caption_frame

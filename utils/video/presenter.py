@@ -13,7 +13,7 @@ import numpy as np
 from utils.captioner import Captioner
 from utils.drawing import draw_caption
 from utils.output.formats import ResultWriter
-from utils.output.records import CaptionRecord, VideoPosition
+from utils.records import CaptionRecord, VideoPosition
 from utils.stopping import StopRequest
 from utils.video.job import End, VideoJob, VideoStats
 from utils.video.live import CaptionEvent
@@ -72,7 +72,6 @@ class Presenter:
                  window: Window | None, results: ResultWriter, stop: StopRequest,
                  observer: Observer | None) -> None:
         self.job = job
-        self._captioner = captioner
         self.source = source
         self.video_out = video_out
         self.window = window
@@ -125,9 +124,6 @@ class Presenter:
         self.results.write(CaptionRecord(
             input=self.source.name,
             result=event.result,
-            model=self._captioner.model,
-            backend=self._captioner.backend,
-            timings=event.result.timings,
             video=VideoPosition(event.frame.time, event.frame.index, latency if live else None),
         ))
         if self.results.reader_gone and self.window is None:

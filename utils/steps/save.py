@@ -1,16 +1,85 @@
-"""Where annotated images go, and writing them so that nothing half-written is ever left."""
+"""The annotated copy (-s): each image saved with its caption drawn on it, never over an input, never
+half-written (a temporary file beside, then a rename)."""
 
 from __future__ import annotations
 
 import contextlib
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from utils.drawing import draw_caption
 from utils.errors import CaptionError
 from utils.files.atomic import write_atomic
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
+from utils.inputs import InputItem
+from utils.preprocess import as_bgr
+from utils.records import Section
+from utils.steps import CaptionedImage, Step
+
+if TYPE_CHECKING:
+    from utils.images import ImageJob
+
+
+@dataclass(frozen=True)
+class SavedImage(Section):
+    """Where the annotated copy went (None without -s), and the time it took."""
+
+    key = "output"
+    columns = ("output",)
+
+    path: Path | None
+    save_ms: float = 0.0
+
+    def json(self) -> Any:
+        return None if self.path is None else str(self.path)
+
+    def cells(self) -> tuple[Any, ...]:
+        return ("" if self.path is None else str(self.path),)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {"save": self.save_ms}
+
+
+class SaveImage(Step):
+    """Always part of image mode: every record says where its copy went (``output``: null without -s),
+    and ``timings`` has a ``save`` stage."""
+
+    section = SavedImage
+
+    def __init__(self, savepath: Path | None, single: bool) -> None:
+        self.savepath = savepath
+        self.single = single  # one file named on its own: the path is the output file, unless a folder
+        self._outputs: dict[InputItem, Path] = {}
+
+    @property
+    def needs_image(self) -> bool:
+        return self.savepath is not None
+
+    @classmethod
+    def from_job(cls, job: ImageJob) -> SaveImage:
+        single = len(job.inputs) == 1 and Path(job.inputs[0]).is_file()
+        return cls(job.savepath, single)
+
+    def check(self, items: list[InputItem]) -> None:
+        todo = [item for item in items if item.path is not None]
+        if self.savepath is None or not todo:
+            return
+        single = self.single and len(items) == 1
+        planned = plan_outputs([p for item in todo if (p := item.path) is not None], self.savepath, not single)
+        self._outputs = dict(zip(todo, planned, strict=True))
+
+    def run(self, image: CaptionedImage, earlier: list[Section]) -> SavedImage:
+        t0 = time.perf_counter()
+        path = self._outputs.get(image.item)
+        if path is not None and image.image is not None:
+            save_image(path, draw_caption(as_bgr(image.image), image.result.caption))
+        return SavedImage(path, 1e3 * (time.perf_counter() - t0))
 
 
 def save_image(path: Path, image: np.ndarray) -> None:
