@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from models import DEFAULT_DECODER, ModelFile, default_model_dir, imported_names, is_imported, model_choices, model_set
+from utils.compatibility import Combination, check, runtimes
 from utils.decoding.decoder import CaptionDecoder, StepModelFactory
 from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions
@@ -22,9 +23,7 @@ from utils.model_files import VerifiedFile, load_model_set
 from utils.pipeline import ordered_map
 from utils.preprocess import preprocess, read_image
 from utils.quantization import PRECISIONS, Precision
-from utils.quantization.decoder import int8_decoder_model, int8_decoder_pays, int8_step_model
-from utils.quantization.features import int8_feature_model
-from utils.quantization.methods import cpu_flags, method_for_flags
+from utils.quantization.models import int8_models
 from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, RuntimeOptions, first_input, require_ailia
 from utils.stopping import StopRequest
 from vocab import Vocabulary
@@ -54,6 +53,7 @@ class CaptionerOptions:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ValueError(f"workers must be from 1 to {MAX_WORKERS}, not {self.workers}")
+        check(_combination(self))  # an OptionConflict is a ValueError
 
 
 def available_cores() -> int:
@@ -162,7 +162,7 @@ class Captioner:
                            "them while speed does not; %d or fewer is enough here", self.options.workers, cores,
                            cores)
         networks = [plan.ailia] if plan.ailia is not None else _onnxruntime_networks(plan, self.options)
-        if plan.ailia is not None and self.options.workers > 1:
+        if len(networks) < self.options.workers:
             logger.info("the ailia SDK runs one worker")
         first = networks[0]
         self.backend = first.feature.backend
@@ -296,39 +296,32 @@ def _readers(workers: int) -> int:
 
 
 def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Plan, Vocabulary]:
-    backend = options.runtime.backend
     imported = is_imported(options.model)
     if imported and options.model not in imported_names(model_dir):
         raise CaptionError(f"unknown model {options.model!r} (choose from {model_choices(model_dir)})")
+    where = runtimes(_combination(options, imported))
+    if where.ailia_skipped is not None:
+        (logger.warning if where.warn else logger.info)("%s", where.ailia_skipped)
     required = model_set(options.model, with_prototxt=False)
     files = load_model_set(required, model_dir, options.offline, options.progress)
     vocab = files[required.vocab.name].vocabulary()
     feature, decoder = files[required.feature[0].name], files[required.decoder[0].name]
     if options.precision == "int8":
-        if backend == "ailia":
-            raise CaptionError("int8 precision runs on ONNX Runtime only, not on the ailia SDK; "
-                               "use the onnxruntime or auto backend, or fp32 precision")
-        if backend == "auto":
-            logger.warning("int8 precision runs on ONNX Runtime; the ailia SDK is not tried")
-        flags = cpu_flags()  # read once: both choices depend on it
-        feature = int8_feature_model(feature, options.progress, method_for_flags(flags))
-        if int8_decoder_pays(flags):
-            return _Plan(feature, int8_decoder_model(decoder, options.progress), decoder, int8_step_model), vocab
-        logger.debug("the decoder stays fp32 on this CPU (no VNNI)")
-    elif imported and backend in ("ailia", "auto"):
-        # An imported decoder has no ailia .prototxt (only the ailia-models converter makes those).
-        if backend == "ailia":
-            raise CaptionError(f"{options.model} is an imported model, which runs on ONNX Runtime only; "
-                               "use --backend onnxruntime or auto")
-        logger.info("%s is an imported model: running on ONNX Runtime", options.model)
-    elif backend in ("ailia", "auto"):
+        int8 = int8_models(feature, decoder, options.progress)
+        return _Plan(int8.feature, int8.decoder, decoder, int8.step_model), vocab
+    if where.order[0] == "ailia":
         try:
             return _Plan(feature, decoder, decoder, ailia=_load_ailia(options, model_dir, feature, decoder)), vocab
         except CaptionError as exc:
-            if backend == "ailia":
+            if len(where.order) == 1:
                 raise
             logger.warning("ailia SDK not used: %s. Running on ONNX Runtime instead.", exc)
     return _Plan(feature, decoder, decoder), vocab
+
+
+def _combination(options: CaptionerOptions, imported: bool = False) -> Combination:
+    return Combination(backend=options.runtime.backend, precision=options.precision, workers=options.workers,
+                       imported_model=options.model if imported else None)
 
 
 def _onnxruntime_networks(plan: _Plan, options: CaptionerOptions) -> list[_Networks]:

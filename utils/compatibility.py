@@ -75,6 +75,7 @@ def runtimes(asked: Combination) -> Runtimes:
     return Runtimes(("ailia", "onnxruntime"))
 
 
-def workers_on(backend: str, asked: int) -> int:
-    """How many workers run on the runtime that loaded: the ailia SDK runs one."""
-    return 1 if backend == "ailia" else asked
+def default_workers(backend: Backend, for_this_machine: int) -> int:
+    """The workers when none are asked for: the machine's share, but one on the ailia SDK, which runs one
+    (with ``auto``, a second worker's sessions are made only if ONNX Runtime is what loads)."""
+    return 1 if backend == "ailia" else for_this_machine

@@ -1,7 +1,7 @@
 """DecodingOptions: upstream's evaluation options (docs/models.md §6), parsed and checked once.
 
 Option strings (``--sample-method top5``, ``--length-penalty wu_0.5``) are parsed by ``SampleMethod.parse``
-and ``LengthPenalty.parse`` where they come in (utils/decoding/cli.py); everything after that holds the
+and ``LengthPenalty.parse`` where they come in (utils/cli/decoding.py); everything after that holds the
 typed values. Which of upstream's three search paths the options take is answered by one property,
 ``DecodingOptions.path``; everything else that depends on the path derives from it.
 """
@@ -128,7 +128,7 @@ class SampleMethod:
 class DecodingOptions:
     """Upstream's evaluation options (docs/models.md §6); see README, "Decoding options".
 
-    One field per decoding flag (utils/decoding/cli.py builds this from the flags field by field).
+    One field per decoding flag (utils/cli/decoding.py builds this from the flags field by field).
     Invalid values raise ValueError."""
 
     remove_bad_endings: bool = False  # no EOS right after a bad-ending word; strip trailing ones from the caption

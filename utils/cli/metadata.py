@@ -7,7 +7,7 @@ import argparse
 from utils.metadata.alt_text import MetadataOptions
 
 
-def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("alt text in photo metadata (-i)")
     g.add_argument("--write-metadata", action="store_true",
                    help="write each caption into its photo's metadata as description and alt text (XMP, and "
@@ -21,7 +21,7 @@ def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
                    help="report what --write-metadata or --metadata-sidecar would write, and write no metadata")
 
 
-def metadata_usage_error(args: argparse.Namespace) -> str | None:
+def usage_error(args: argparse.Namespace) -> str | None:
     if args.write_metadata and args.metadata_sidecar:
         return "--write-metadata writes into the photos, --metadata-sidecar beside them: choose one"
     writing = args.write_metadata or args.metadata_sidecar
@@ -38,7 +38,7 @@ def metadata_usage_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-def metadata_options(args: argparse.Namespace) -> MetadataOptions | None:
+def options(args: argparse.Namespace) -> MetadataOptions | None:
     if not (args.write_metadata or args.metadata_sidecar):
         return None
     return MetadataOptions(sidecar=args.metadata_sidecar, overwrite=args.overwrite_metadata, dry_run=args.dry_run)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import TypeVar
 
-from utils.arg_types import number, positive_int, positive_number
+from utils.cli.arg_types import number, positive_int, positive_number
 from utils.decoding.options import DEFAULT_BEAM_SIZE, DecodingOptions, LengthPenalty, SampleMethod
 
 T = TypeVar("T")
@@ -28,8 +28,8 @@ def _parsed_by(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
-def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
-    """One flag per DecodingOptions field, its dest the field's name (``decoding_options`` relies on it)."""
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per DecodingOptions field, its dest the field's name (``options`` relies on it)."""
     g = p.add_argument_group("decoding (upstream's evaluation options; see README, Decoding options)")
     g.add_argument("--beam-size", type=positive_int, default=_DEFAULTS.beam_size, metavar="N",
                    help=f"beam search width; 1 is greedy decoding, exactly the published graph's output "
@@ -74,15 +74,15 @@ def add_decoding_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: a new one each run)")
 
 
-def decoding_options(args: argparse.Namespace) -> DecodingOptions:
+def options(args: argparse.Namespace) -> DecodingOptions:
     """DecodingOptions from parsed flags, field by field; ValueError for a combination that does not work."""
     return DecodingOptions(**{f.name: getattr(args, f.name) for f in fields(DecodingOptions)})
 
 
-def decoding_usage_error(args: argparse.Namespace) -> str | None:
+def usage_error(args: argparse.Namespace) -> str | None:
     """Why the decoding flags do not go together, or None."""
     try:
-        decoding_options(args)
+        options(args)
     except ValueError as exc:
         return str(exc)
     return None

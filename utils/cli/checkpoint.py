@@ -8,7 +8,7 @@ from pathlib import Path
 from models import default_model_dir
 
 
-def add_import_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("importing your own checkpoint")
     g.add_argument("--import-checkpoint", nargs=2, type=Path, metavar=("MODEL.pth", "INFOS.pkl"), default=None,
                    help="convert an ImageCaptioning.pytorch newfc checkpoint (torch not needed) into a decoder in "
@@ -18,7 +18,7 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
                         "digits, '_' and '-')")
 
 
-def import_usage_error(args: argparse.Namespace) -> str | None:
+def usage_error(args: argparse.Namespace) -> str | None:
     if args.import_checkpoint is None:
         return "--name only applies to --import-checkpoint" if args.name is not None else None
     if args.name is None:

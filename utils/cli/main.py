@@ -1,0 +1,91 @@
+"""``main``: parse, set up logging and stderr, run the mode asked for, and turn every way it can end into
+one line and an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import traceback
+from dataclasses import replace
+
+import cv2
+
+from utils.captioner import CaptionerOptions
+from utils.cli import checkpoint, general, video
+from utils.cli.parser import parse
+from utils.errors import CaptionError, exception_chain
+from utils.images import run_images
+from utils.runtime import ailia_environments
+from utils.stderr import library_output_silenced, own_stderr
+from utils.stopping import MESSAGE, exit_status, program_work, signum_of
+from utils.text import printable
+from utils.video.run import run_video
+
+logger = logging.getLogger("image_captioning_pytorch")
+
+
+def main(argv: list[str] | None = None, standalone: bool = False) -> int:
+    """Run the program; ``standalone``: this process is the program (not a test calling in), so it may
+    rearrange its own stdout and stderr (utils/stderr.py)."""
+    args = parse(argv)
+    if standalone and isinstance(sys.stdout, io.TextIOWrapper):
+        # A file name that is not valid UTF-8 reaches Python as lone surrogates; printed, it becomes the
+        # bytes it came from again, so every output names the file exactly (docs/limits.md).
+        sys.stdout.reconfigure(errors="surrogateescape")
+    quiet_libraries = standalone and not args.debug
+    if quiet_libraries:
+        own_stderr()  # before logging keeps a reference to sys.stderr; see utils/stderr.py
+    configure_logging(args.debug)
+    try:
+        with program_work():
+            return _run(args, quiet_libraries)
+    except CaptionError as exc:
+        # Control characters (a newline in a file name) are escaped, but a message's own lines stay lines:
+        # the --offline message lists each missing file on a line of its own.
+        logger.error("%s", "\n".join(printable(line) for line in str(exc).split("\n")))
+        return 1
+    except KeyboardInterrupt as exc:
+        logger.error(MESSAGE)
+        return exit_status(signum_of(exc))
+    except Exception as exc:
+        interrupt = next((e for e in exception_chain(exc) if isinstance(e, KeyboardInterrupt)), None)
+        if interrupt is not None:  # Ctrl-C inside a library's import, wrapped in its own error
+            logger.error(MESSAGE)
+            return exit_status(signum_of(interrupt))
+        # Not a problem with the input: a bug. One line still, the traceback with --debug.
+        logger.debug("%s", "".join(traceback.format_exception(exc)))
+        logger.error("internal error: %s: %s (run with --debug for details)", type(exc).__name__,
+                     printable(str(exc).strip().splitlines()[0] if str(exc).strip() else ""))
+        return 1
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    if not debug:
+        # The SDK logs its licence lookup itself, and OpenCV its decoder complaints; our own
+        # one-line messages already say what happened.
+        logging.getLogger("ailia").setLevel(logging.CRITICAL)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        # FFmpeg (video mode) prints its own complaints about damaged files straight to stderr; OpenCV
+        # reads this before its first use of FFmpeg.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
+
+def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
+    if args.env_list:
+        print("\n".join(ailia_environments()))
+        return 0
+    if args.import_checkpoint is not None:
+        return checkpoint.run_import(args)
+    options: CaptionerOptions = general.captioner_options(args)
+    if args.video is not None:
+        return run_video(video.job(args), options)
+    options = replace(options, workers=general.workers(args))
+    if quiet_libraries:
+        with library_output_silenced():
+            return run_images(general.image_job(args), options)
+    return run_images(general.image_job(args), options)
