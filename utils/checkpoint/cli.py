@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from models import default_model_dir
@@ -33,6 +37,28 @@ def run_import(args: argparse.Namespace) -> int:
     from utils.checkpoint.importer import describe, import_checkpoint
 
     model_pth, infos_pkl = args.import_checkpoint
-    imported = import_checkpoint(model_pth, infos_pkl, args.name, args.model_dir or default_model_dir())
+    with _one_interrupt():
+        imported = import_checkpoint(model_pth, infos_pkl, args.name, args.model_dir or default_model_dir())
     print(describe(imported))
     return 0
+
+
+@contextmanager
+def _one_interrupt() -> Iterator[None]:
+    """The first Ctrl-C stops the import (KeyboardInterrupt: the importer removes its temporary folder on
+    the way out, and the program exits 130); any later one is ignored, so that a second press cannot cut
+    that clean-up short and leave a partial folder or a traceback. The program is ending by then."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(_signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is first:  # not interrupted: Ctrl-C as before
+            signal.signal(signal.SIGINT, previous)
