@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SAMPLE, SCRIPT, RunCli, cli_env
+from tests.peak_rss import peak_rss_mb
 from tests.test_hostile_signals import imports_begun, wait_until
 from tests.video_helpers import make_video
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SAMPLE
-from tests.test_hostile import flags, peak_rss_mb
+from tests.peak_rss import peak_rss_mb
+from tests.test_hostile import flags
 from utils.errors import CaptionError
 from utils.metadata import MetadataOptions, MetadataWriter
 from utils.metadata.exiftool import ExifTool, ExifToolStopped

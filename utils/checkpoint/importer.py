@@ -20,7 +20,7 @@ import onnxruntime as ort
 from models import DECODERS, IMPORTED_DECODER, IMPORTED_FOLDER, IMPORTED_NAME, IMPORTED_VOCAB
 from utils.checkpoint.graph import DEFAULT_STEPS, INPUT_NAME, decoder_graph
 from utils.checkpoint.infos import read_infos
-from utils.checkpoint.newfc import MappedWeights, Sizes, architecture, map_weights
+from utils.checkpoint.newfc import MappedWeights, Sizes, architecture, check_shapes, map_weights
 from utils.checkpoint.torch_format import read_state_dict
 from utils.decoding.weights import RecoveryError, recover_weights
 from utils.errors import CaptionError
@@ -60,7 +60,9 @@ def import_checkpoint(checkpoint: Path, infos_path: Path, name: str, model_dir: 
         raise _exists(dest)
     infos = read_infos(infos_path)
     architecture(infos)  # another caption_model is refused before the (large) checkpoint is read
-    mapped = map_weights(read_state_dict(checkpoint), infos, checkpoint.name)
+    # Shapes that do not fit the infos are refused before any weight is read or inflated.
+    state = read_state_dict(checkpoint, lambda shapes: check_shapes(shapes, infos, checkpoint.name))
+    mapped = map_weights(state, infos, checkpoint.name)
     onnx_bytes = decoder_graph(mapped.arrays, DEFAULT_STEPS).SerializeToString()
     _check_decoder(onnx_bytes, mapped)
     vocab_bytes = json.dumps({str(i): w for i, w in enumerate(infos.words, start=1)},

@@ -9,11 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from utils.checkpoint import unpickler
-from utils.checkpoint.torch_format import LEGACY_MAGIC, ZIP_MAGIC
+from utils.checkpoint.torch_format import LEGACY_MAGIC, MAX_PICKLE_BYTES, ZIP_MAGIC
+from utils.checkpoint.unpickler import shown
 from utils.errors import CaptionError
 from vocab import parse_vocabulary
 
 logger = logging.getLogger(__name__)
+
+# A hundred times the vocabularies upstream trains with (COCO's 9,487 words, Flickr30k's ~7,000): the
+# decoder's embedding and output layers grow with it, and at 1 million words and upstream's 512-wide
+# layers they alone are 4 GB of float32, the most a checkpoint may be (torch_format.MAX_FILE_BYTES).
+MAX_VOCABULARY = 1_000_000
+# The largest size (vocab_size, input_encoding_size, rnn_size, fc_feat_size) an infos file may give, so
+# that sizes stay numbers a message can print: upstream's layers are 512 to 2048 wide, and an LSTM 32
+# times wider than 512 already has more than 4 GB of weights.
+MAX_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -38,13 +48,16 @@ def _swapped(path: Path) -> CaptionError:
 def read_infos(path: Path) -> Infos:
     """Read and check ``path``; CaptionError (naming the file) when it is not an upstream infos file."""
     try:
+        size = path.stat().st_size
+        if size > MAX_PICKLE_BYTES:  # an infos file is a few MB: its options, vocabulary and loader state
+            raise CaptionError(f"{path} is {size} bytes, larger than any infos file ({MAX_PICKLE_BYTES >> 20} MB)")
         data = path.read_bytes()
     except OSError as error:
         raise CaptionError(f"cannot read {path}: {error.strerror or error}") from None
     if data.startswith(ZIP_MAGIC):
         raise _swapped(path)
     value, _ = unpickler.load(data, path)
-    if value == LEGACY_MAGIC:
+    if isinstance(value, int) and value == LEGACY_MAGIC:
         raise _swapped(path)
     if not isinstance(value, dict) or "opt" not in value or "vocab" not in value:
         raise CaptionError(f"{path} is not an ImageCaptioning.pytorch infos file (no 'opt' and 'vocab' in it)")
@@ -85,10 +98,12 @@ def _size(opt: dict[str, Any], name: str, path: Path) -> int | None:
         return None
     # numpy integers arrive from some training scripts; bool is an int but never a size.
     if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise CaptionError(f"{path}: opt.{name} is {value!r}, not a whole number")
+        raise CaptionError(f"{path}: opt.{name} is {shown(value)}, not a whole number")
     number = int(value)
     if number < 0:
         raise CaptionError(f"{path}: opt.{name} is {number}")
+    if number > MAX_SIZE:
+        raise CaptionError(f"{path}: opt.{name} is {shown(number)}, more than any FC decoder has ({MAX_SIZE})")
     return number
 
 
@@ -96,6 +111,12 @@ def _words(vocab: Any, path: Path) -> tuple[str, ...]:
     """The index -> word map with keys exactly "1".."N" (docs/models.md §7), as a tuple."""
     if not isinstance(vocab, dict):
         raise CaptionError(f"{path}: vocab is a {type(vocab).__name__}, not an index -> word map")
+    if len(vocab) > MAX_VOCABULARY:
+        raise CaptionError(f"{path}: its vocab has {len(vocab)} words, more than any captioning model's "
+                           f"(at most {MAX_VOCABULARY:,} are read)")
+    odd = next((k for k in vocab if not _may_be_index(k)), None)
+    if odd is not None:
+        raise CaptionError(f"{path}: the vocab has a key {shown(odd)}, not an index from 1 to the vocabulary size")
     as_text = {str(k): v for k, v in vocab.items()}
     if len(as_text) != len(vocab):
         raise CaptionError(f"{path}: the vocab has the same index twice")
@@ -103,3 +124,11 @@ def _words(vocab: Any, path: Path) -> tuple[str, ...]:
         return parse_vocabulary(as_text).words
     except CaptionError as error:
         raise CaptionError(f"{path}: {error}") from None
+
+
+def _may_be_index(key: Any) -> bool:
+    """Whether ``key`` can be a vocabulary index ("1".."N", or the number): checked before keys are turned
+    into text, which for an arbitrary value from the file could be huge or never end."""
+    if isinstance(key, str):
+        return len(key) <= len(str(MAX_VOCABULARY))
+    return not isinstance(key, bool) and hasattr(key, "__index__") and 0 <= int(key) <= MAX_VOCABULARY

@@ -13,16 +13,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from utils.arrays import F32
 from utils.checkpoint.infos import Infos
+from utils.checkpoint.unpickler import shown, shown_name
 from utils.decoding.weights import PARAMETER_NAMES
 from utils.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 # The prefix torch.nn.DataParallel puts before every key of the model it wraps.
 DATA_PARALLEL_PREFIX = "module."
 # The published feature model's output width (docs/models.md §2).
@@ -59,12 +62,12 @@ def architecture(infos: Infos) -> Architecture:
     found = ARCHITECTURES.get(infos.caption_model)
     if found is None:
         supported = ", ".join(sorted(ARCHITECTURES))
-        raise CaptionError(f"{infos.path}: caption_model is {infos.caption_model!r}; only {supported} checkpoints "
-                           "(the FC family of the published models) can be imported")
+        raise CaptionError(f"{infos.path}: caption_model is {shown(infos.caption_model)}; only {supported} "
+                           "checkpoints (the FC family of the published models) can be imported")
     return found
 
 
-def strip_data_parallel(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def strip_data_parallel(state: Mapping[str, T]) -> dict[str, T]:
     """Keys without DataParallel's ``module.`` prefix; every key must have it or none may."""
     prefixed = [k.startswith(DATA_PARALLEL_PREFIX) for k in state]
     if not any(prefixed):
@@ -75,66 +78,76 @@ def strip_data_parallel(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
 
 
 def _expected_shapes(arch: Architecture, infos: Infos,
-                     state: Mapping[str, np.ndarray]) -> tuple[Sizes, dict[str, tuple[int, ...]]]:
+                     shapes: Mapping[str, tuple[int, ...]]) -> tuple[Sizes, dict[str, tuple[int, ...]]]:
     """The shape each role must have. Sizes the infos leave out are taken from the weights (and the
     rest of the checks then say whether the weights agree among themselves)."""
     key_of = {role: key for key, role in arch.roles.items()}
 
     def dim(role: str, axis: int) -> int:
-        array = state.get(key_of[role])
-        return int(array.shape[axis]) if array is not None and array.ndim > axis else -1
+        shape = shapes.get(key_of[role])
+        return int(shape[axis]) if shape is not None and len(shape) > axis else -1
 
     v = infos.vocab_size
     e = infos.input_encoding_size if infos.input_encoding_size is not None else dim("embed", 1)
     r = infos.rnn_size if infos.rnn_size is not None else dim("h2h_w", 1)
     f = infos.fc_feat_size if infos.fc_feat_size is not None else dim("fc_w", 1)
-    shapes = {
+    expected = {
         "embed": (v + 1, e), "fc_w": (e, f), "fc_b": (e,), "i2h_w": (5 * r, e), "i2h_b": (5 * r,),
         "h2h_w": (5 * r, r), "h2h_b": (5 * r,), "logit_w": (v + 1, r), "logit_b": (v + 1,),
     }
-    return Sizes(v, e, r, f), shapes
+    return Sizes(v, e, r, f), expected
 
 
-def map_weights(state: Mapping[str, np.ndarray], infos: Infos, checkpoint_name: str) -> MappedWeights:
-    """Check ``state`` (a state dict) against ``infos`` and return its parameters by role.
+def check_shapes(shapes: Mapping[str, tuple[int, ...]], infos: Infos, checkpoint_name: str) -> Sizes:
+    """Check the state dict's keys and shapes against ``infos``, before any weight is read; the sizes.
 
-    Every difference is reported, in one line: missing and extra keys, shapes, non-float or
-    non-finite values."""
+    Every difference is reported, in one line: missing and extra keys, shapes."""
     arch = architecture(infos)
-    where = f"{checkpoint_name} does not fit {infos.path.name}"
     if infos.num_layers not in (None, 1):
         raise CaptionError(f"{infos.path}: num_layers is {infos.num_layers}; {arch.caption_model} has one LSTM layer")
     if infos.logit_layers not in (None, 1):
         raise CaptionError(f"{infos.path}: logit_layers is {infos.logit_layers}; only a single logit layer "
                            "(upstream's default) can be imported")
     try:
-        state = strip_data_parallel(state)
+        shapes = strip_data_parallel(shapes)
     except CaptionError as error:
         raise CaptionError(f"{checkpoint_name}: {error}") from None
-    missing = [k for k in arch.roles if k not in state]
-    extra = [k for k in state if k not in arch.roles]
+    missing = [k for k in arch.roles if k not in shapes]
+    extra = [shown_name(k) for k in shapes if k not in arch.roles]
     problems = []
     if missing:
         problems.append(f"missing {', '.join(missing)}")
     if extra:
-        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        problems.append(f"unexpected {shown} (is it a {arch.caption_model} checkpoint?)")
-    sizes, shapes = _expected_shapes(arch, infos, state)
+        shown_extra = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        problems.append(f"unexpected {shown_extra} (is it a {arch.caption_model} checkpoint?)")
+    sizes, expected = _expected_shapes(arch, infos, shapes)
     described = (f"vocab_size {sizes.vocab_size}, input_encoding_size {sizes.encoding}, rnn_size {sizes.rnn}, "
                  f"fc_feat_size {sizes.features}")
     for key, role in arch.roles.items():
-        array = state.get(key)
-        if array is None:
-            continue
-        if tuple(array.shape) != shapes[role]:
-            problems.append(f"{key} has shape {_shape(array.shape)}, the infos ({described}) give "
-                            f"{_shape(shapes[role])}")
-        elif not np.issubdtype(array.dtype, np.floating):
+        shape = shapes.get(key)
+        if shape is not None and tuple(shape) != expected[role]:
+            problems.append(f"{key} has shape {_shape(shape)}, the infos ({described}) give {_shape(expected[role])}")
+    if problems:
+        raise CaptionError(f"{checkpoint_name} does not fit {infos.path.name}: {'; '.join(problems)}")
+    return sizes
+
+
+def map_weights(state: Mapping[str, np.ndarray], infos: Infos, checkpoint_name: str) -> MappedWeights:
+    """Check ``state`` (a state dict) against ``infos`` and return its parameters by role.
+
+    Keys and shapes as ``check_shapes``; then every weight must be finite floating point."""
+    arch = architecture(infos)
+    sizes = check_shapes({key: array.shape for key, array in state.items()}, infos, checkpoint_name)
+    state = strip_data_parallel(state)
+    problems = []
+    for key in arch.roles:
+        array = state[key]
+        if not np.issubdtype(array.dtype, np.floating):
             problems.append(f"{key} holds {array.dtype} values, not floating point")
         elif not np.isfinite(array).all():
             problems.append(f"{key} holds non-finite values")
     if problems:
-        raise CaptionError(f"{where}: {'; '.join(problems)}")
+        raise CaptionError(f"{checkpoint_name} does not fit {infos.path.name}: {'; '.join(problems)}")
     if sizes.features != PUBLISHED_FEATURE_SIZE:
         logger.warning("%s takes %d-value image vectors; the published feature model gives %d, so it will "
                        "only run beside a feature model of its own width", checkpoint_name, sizes.features,
@@ -144,4 +157,5 @@ def map_weights(state: Mapping[str, np.ndarray], infos: Infos, checkpoint_name: 
 
 
 def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(n) for n in shape) + ")"
+    shown_dims = [str(n) for n in shape[:8]] + (["…"] if len(shape) > 8 else [])
+    return "(" + ", ".join(shown_dims) + ")"

@@ -4,8 +4,9 @@
 the data asks for goes through ``find_class``, which hands out only the objects in ``_allowed`` (our own
 stand-ins for torch's tensor rebuild functions and storage types, ``OrderedDict``, ``argparse.Namespace``,
 numpy's array/dtype/scalar reconstructors, a few inert builtins) and raises before anything is looked up
-otherwise. Before that, the opcodes are scanned once without executing anything, so that a length
-declared in the data cannot make the reader allocate more than the file holds.
+otherwise. Before that, the opcodes are walked once without building anything (pickle_bounds.py), so
+that neither a length declared in the data nor shared references can make the reader, or any code
+after it, allocate or compute more than the bounds allow.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import copyreg
 import io
 import logging
 import pickle
-import pickletools
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from utils.checkpoint import pickle_bounds
 from utils.errors import CaptionError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +48,8 @@ STORAGE_DTYPES = {
 _TENSOR_REBUILDERS = ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter")
 
 
-@dataclass(frozen=True)
+# slots: no instance __dict__, so a pickle's BUILD opcode cannot rewrite these after they were checked.
+@dataclass(frozen=True, slots=True)
 class StorageType:
     """What ``torch.FloatStorage`` and its kin unpickle to here: only their element type."""
 
@@ -56,7 +60,7 @@ class StorageType:
         return STORAGE_DTYPES[self.name]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorRef:
     """A tensor as the pickle describes it; the format reader turns it into an array once the storage
     bytes are checked (``storage`` is whatever the reader's persistent_load returned)."""
@@ -67,10 +71,16 @@ class TensorRef:
     stride: tuple[int, ...]
 
 
+# Tensor offsets, sizes, strides and storage sizes beyond this cannot be numpy's (int64), nor describe
+# a real file; below it, they stay numbers a message can print.
+MAX_INDEX = 1 << 62
+
+
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any) -> TensorRef:
     # _rebuild_tensor(storage, offset, size, stride) and _v2 (+ requires_grad, hooks, metadata) alike.
     if not (isinstance(offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
-            and len(size) == len(stride) and all(isinstance(v, int) for v in (*size, *stride))):
+            and len(size) == len(stride) and len(size) <= 64
+            and all(isinstance(v, int) and abs(v) < MAX_INDEX for v in (offset, *size, *stride))):
         raise pickle.UnpicklingError("a tensor with a malformed offset, size or stride")
     return TensorRef(storage, offset, size, stride)
 
@@ -156,20 +166,62 @@ class _Unpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
-def scan(data: bytes, start: int, file: Path) -> int:
-    """Walk one pickle's opcodes from ``start`` without executing them; return where it ends.
+class _Short(reprlib.Repr):
+    """reprlib's bounded repr, without its sorting of a whole dict or set to show its first items (one
+    from a file can hold millions), and with objects of other types shown by their type name only:
+    their own repr would be computed whole before being cut."""
 
-    pickletools reads each declared length against the bytes present, so a pickle claiming a
-    gigabyte string in a small file fails here instead of allocating it in the real reader."""
-    stream = io.BytesIO(data)
-    stream.seek(start)
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        if len(x) <= self.maxdict or level <= 0:
+            return super().repr_dict(x, level)
+        return super().repr_dict(dict(islice(x.items(), self.maxdict)), level)[:-1] + ", ...}"
+
+    def repr_set(self, x: set[Any], level: int) -> str:
+        if len(x) <= self.maxset or level <= 0:
+            return super().repr_set(x, level)
+        return super().repr_set(set(islice(x, self.maxset)), level)[:-1] + ", ...}"
+
+    def repr_frozenset(self, x: frozenset[Any], level: int) -> str:
+        if len(x) <= self.maxfrozenset or level <= 0:
+            return super().repr_frozenset(x, level)
+        return super().repr_frozenset(frozenset(islice(x, self.maxfrozenset)), level)[:-2] + ", ...})"
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        return f"<{type(x).__name__}>"
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``value`` for a message: a bounded repr, at most ``limit`` characters and an ellipsis. Data from
+    a file can be huge, or shared so often that a whole repr never ends; strings are quoted, so a
+    newline in them cannot split the message's line."""
+    short = _Short()
+    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 2, limit, limit, limit
     try:
-        for opcode, _arg, _pos in pickletools.genops(stream):
-            if opcode.name == "STOP":
-                return stream.tell()
-    except Exception as error:  # genops raises ValueError and others on damaged data
-        raise CaptionError(f"{file} is not a readable pickle ({error})") from error
-    raise CaptionError(f"{file} is not a readable pickle (it ends without a STOP opcode)")
+        text = short.repr(value)
+    except Exception:  # an integer past Python's digit limit, a repr that fails
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def shown_name(name: str, limit: int = 60) -> str:
+    """A key or name from a file for a message: as it is when short and printable, else ``shown``."""
+    return name if len(name) <= limit and name.isprintable() else shown(name, limit)
+
+
+def scan(data: bytes, start: int, file: Path) -> int:
+    """Walk one pickle's opcodes from ``start`` without building anything; return where it ends.
+
+    Each declared length is read against the bytes present, so a pickle claiming a gigabyte string in
+    a small file fails here instead of allocating it in the real reader; and the values it would build
+    are held to pickle_bounds' limits (count, nesting, text), shared references counted as often as
+    they are used."""
+    try:
+        return pickle_bounds.walk(data, start)
+    except pickle_bounds.BoundExceeded as bound:
+        raise CaptionError(f"{file} was refused: its pickle holds {bound}, far more than any checkpoint or "
+                           "infos file; nothing was built from it") from None
+    except ValueError as error:
+        raise CaptionError(f"{file} is not a readable pickle ({error})") from None
 
 
 def load(data: bytes, file: Path, start: int = 0,
@@ -182,12 +234,13 @@ def load(data: bytes, file: Path, start: int = 0,
     try:
         value = _Unpickler(stream, _allowed(), persistent_load).load()
     except RefusedGlobal as refused:
-        raise CaptionError(f"{file} was refused: it asks for {refused.name}, which checkpoint files do not need; "
-                           "it was not run (only tensors, OrderedDict, argparse.Namespace and numpy values "
-                           "are allowed)") from None
+        raise CaptionError(f"{file} was refused: it asks for {shown_name(refused.name)}, which checkpoint files do "
+                           "not need; it was not run (only tensors, OrderedDict, argparse.Namespace and numpy "
+                           "values are allowed)") from None
     except CaptionError:
         raise
     except Exception as error:  # a damaged or hostile file can make pickle raise almost anything
-        raise CaptionError(f"{file} is not a readable checkpoint pickle ({type(error).__name__}: {error})") from None
+        raise CaptionError(f"{file} is not a readable checkpoint pickle ({type(error).__name__}: "
+                           f"{shown_name(str(error), 200)})") from None
     logger.debug("unpickled %d bytes of %s", end - start, file)
     return value, end

@@ -1,4 +1,4 @@
-"""The ``--import-checkpoint`` option of the command line (README, "Importing your own checkpoint")."""
+"""The ``--import-checkpoint`` option of the command line (docs/import.md)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def run_import(args: argparse.Namespace) -> int:
     from utils.checkpoint.importer import describe, import_checkpoint
 
     model_pth, infos_pkl = args.import_checkpoint
+    # A first Ctrl-C or SIGTERM stops the import (the importer removes its temporary folder on the way
+    # out); later ones are only noted, so the clean-up is never cut short (utils/stopping.py).
     imported = import_checkpoint(model_pth, infos_pkl, args.name, args.model_dir or default_model_dir())
     print(describe(imported))
     return 0
