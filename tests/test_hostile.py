@@ -196,20 +196,6 @@ def test_read_only_file_system_is_named(run_cli: RunCli, models: Path, tmp_path:
 # ---------------------------------------------------------------------------------------------
 
 
-def peak_rss_mb(args: list[str | Path], timeout: float = 300,
-                env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run the CLI as the only child of a small wrapper that reports that child's peak RSS (with ``env``
-    added to the environment)."""
-    wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
-               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(p.returncode)")
-    proc = subprocess.run([sys.executable, "-c", wrapper, sys.executable, str(SCRIPT), *map(str, args)],
-                          capture_output=True, text=True, env=cli_env(env), timeout=timeout, stdin=subprocess.DEVNULL)
-    *rest, peak = proc.stderr.strip().splitlines()
-    proc.stderr = "\n".join(rest) + ("\n" if rest else "")
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc, int(peak) / 1024
-
-
 def png_claiming(path: Path, width: int, height: int) -> Path:
     """A small PNG whose header claims width x height pixels (a decompression bomb's first step)."""
     import struct
