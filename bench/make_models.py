@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# tests/builders.py holds the builders; make the repository root importable when run as a script.
+# models/synthetic.py holds the builders; make the repository root importable when run as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.builders import (  # noqa: E402
+from models.synthetic import (  # noqa: E402
     BENCH_EOS_BIAS,
     DECODER_NAMES,
     default_words,

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from tests.builders import DecoderWeights, default_words
+from models.synthetic import NewFCParams, default_words
 
-# state-dict key -> DecoderWeights field (tests.builders), upstream NewFCModel's parameter order.
+# state-dict key -> NewFCParams field (models.synthetic), upstream NewFCModel's parameter order.
 NEWFC_KEYS = {
     "embed.weight": "embed",
     "fc_embed.weight": "fc_embed_w",
@@ -41,17 +41,17 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
 
 
-def fixture_weights() -> DecoderWeights:
+def fixture_weights() -> NewFCParams:
     """The fixtures' weights as numpy saved them (make_fixtures.py), independent of any checkpoint reader."""
     with np.load(FIXTURES / "expected.npz") as saved:
-        return DecoderWeights(**{name: saved[name] for name in NEWFC_KEYS.values()})
+        return NewFCParams(**{name: saved[name] for name in NEWFC_KEYS.values()})
 
 
 def fixture_words() -> list[str]:
     return default_words(10)
 
 
-def newfc_state(w: DecoderWeights, prefix: str = "") -> dict[str, np.ndarray]:
+def newfc_state(w: NewFCParams, prefix: str = "") -> dict[str, np.ndarray]:
     return {prefix + key: np.asarray(getattr(w, field_name)) for key, field_name in NEWFC_KEYS.items()}
 
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.builders import DecoderWeights, make_model_set
+from models.synthetic import NewFCParams, make_model_set
 from tests.reference import imread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,13 +24,13 @@ RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="session")
-def model_set_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, DecoderWeights]]:
+def model_set_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, NewFCParams]]:
     folder = tmp_path_factory.mktemp("models")
     return folder, make_model_set(folder, eos_bias=3.0)
 
 
 @pytest.fixture
-def models(model_set_dir: tuple[Path, dict[str, DecoderWeights]], tmp_path: Path) -> Path:
+def models(model_set_dir: tuple[Path, dict[str, NewFCParams]], tmp_path: Path) -> Path:
     """A private copy of the model set, so a test may damage it. Without the checksum records that
     in-process loads of the shared set leave behind: every test starts from the same hand-placed files,
     whatever ran before it."""
@@ -40,7 +40,7 @@ def models(model_set_dir: tuple[Path, dict[str, DecoderWeights]], tmp_path: Path
 
 
 @pytest.fixture
-def weights(model_set_dir: tuple[Path, dict[str, DecoderWeights]]) -> dict[str, DecoderWeights]:
+def weights(model_set_dir: tuple[Path, dict[str, NewFCParams]]) -> dict[str, NewFCParams]:
     return model_set_dir[1]
 
 

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from models.synthetic import NewFCParams, reference_greedy
 from tests import reference_search
-from tests.builders import DecoderWeights, reference_greedy
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -70,7 +70,7 @@ PROGRAM_BEAM_SIZE = 5
 
 
 def reference_caption(
-    model_dir: Path, weights: DecoderWeights, image_path: Path, remove_bad_endings: bool = False,
+    model_dir: Path, weights: NewFCParams, image_path: Path, remove_bad_endings: bool = False,
     beam_size: int = PROGRAM_BEAM_SIZE,
 ) -> tuple[str, float]:
     """Caption and mean log-probability of its words, by the reference implementation.

@@ -2,7 +2,7 @@
 utils/decoding/search.py.
 
 Written from upstream's behaviour, not from this program's code: one beam at a time in Python lists,
-float64 arithmetic, the network from tests.builders.lstm_step. Shares nothing with utils/.
+float64 arithmetic, the network from models.synthetic.lstm_step. Shares nothing with utils/.
 
 Upstream particulars followed here (ruotianluo/ImageCaptioning.pytorch, CaptionModel.beam_search and
 AttModel._sample):
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tests.builders import DecoderWeights, lstm_step
+from models.synthetic import NewFCParams, lstm_step
 
 DECODE_BAD_ENDINGS = ["a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon", "near",
                       "to", "is", "are", "am"]
@@ -41,7 +41,7 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 class Net:
     """The NewFCModel network in float64, one row at a time."""
 
-    def __init__(self, w: DecoderWeights) -> None:
+    def __init__(self, w: NewFCParams) -> None:
         self.w = w
 
     def start(self, fc: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import DecoderWeights
+from models.synthetic import NewFCParams
 from tests.conftest import ROOT, SAMPLE, RunCli, cli_env
 from tests.video_helpers import make_video
 from utils.captioner import Captioner, CaptionerOptions
@@ -43,7 +43,7 @@ class ShoutWriter(ResultWriter):
 
 
 @pytest.fixture(scope="module")
-def captioner(model_set_dir: tuple[Path, dict[str, DecoderWeights]]) -> Captioner:
+def captioner(model_set_dir: tuple[Path, dict[str, NewFCParams]]) -> Captioner:
     return Captioner(CaptionerOptions(model_dir=model_set_dir[0], offline=True, progress=False,
                                       runtime=RuntimeOptions(backend="onnxruntime")))
 

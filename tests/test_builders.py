@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from tests.builders import (
+from models.synthetic import (
     DECODER_NAMES,
-    DecoderWeights,
+    NewFCParams,
     default_words,
     lstm_step,
     make_feature_model,
@@ -199,7 +199,7 @@ def test_decoder_custom_input_name(tmp_path: Path) -> None:
     np.testing.assert_array_equal(seq, reference_greedy(w, fc, steps=5)[0])
 
 
-def _arrays(w: DecoderWeights) -> list[np.ndarray]:
+def _arrays(w: NewFCParams) -> list[np.ndarray]:
     return [w.embed, w.fc_embed_w, w.fc_embed_b, w.i2h_w, w.i2h_b, w.h2h_w, w.h2h_b, w.logit_w, w.logit_b]
 
 

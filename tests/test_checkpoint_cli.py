@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from models.synthetic import make_feature_model, reference_greedy
 from tests import reference_search
-from tests.builders import make_feature_model, reference_greedy
 from tests.checkpoint_files import FIXTURES, fixture_weights, fixture_words
 from tests.conftest import RunCli
 from tests.reference import demo_read_rgb, image_features

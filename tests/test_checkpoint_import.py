@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from models import imported_names
+from models.synthetic import NewFCParams, make_feature_model, reference_greedy
 from tests import reference_search
-from tests.builders import DecoderWeights, make_feature_model, reference_greedy
 from tests.checkpoint_files import (
     FIXTURES,
     fixture_weights,
@@ -95,7 +95,7 @@ def _captioner(model_dir: Path, **options: object) -> Captioner:
                                       runtime=RuntimeOptions(backend="onnxruntime"), **options))  # type: ignore[arg-type]
 
 
-def _reference_beam(w: DecoderWeights, fc: np.ndarray, beam_size: int) -> list[int]:
+def _reference_beam(w: NewFCParams, fc: np.ndarray, beam_size: int) -> list[int]:
     options = reference_search.Options(beam_size=beam_size, suppress_unk=True, unk_index=len(WORDS))
     tokens = reference_search.beam_search(reference_search.Net(w), fc, options)[0][0]
     return reference_search.words_before_end(tokens)

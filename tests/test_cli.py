@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.builders import DecoderWeights, make_model_set, make_resnet_stem_model, write_vocab
+from models.synthetic import NewFCParams, make_model_set, make_resnet_stem_model, write_vocab
 from tests.conftest import SAMPLE, RunCli
 from tests.reference import BAD_ENDINGS, imread, reference_caption
 
 
-def test_default_input_is_the_sample_photo(run_cli: RunCli, models: Path, weights: dict[str, DecoderWeights]) -> None:
+def test_default_input_is_the_sample_photo(run_cli: RunCli, models: Path, weights: dict[str, NewFCParams]) -> None:
     proc = run_cli("--model-dir", models, "--offline", "--onnx")
     assert proc.returncode == 0, proc.stderr
     expected, _ = reference_caption(models, weights["fc_nsc"], SAMPLE)
@@ -27,7 +27,7 @@ def test_default_input_is_the_sample_photo(run_cli: RunCli, models: Path, weight
 
 @pytest.mark.parametrize("model", ["fc", "fc_rl", "fc_nsc"])
 def test_each_model_matches_the_reference(
-    run_cli: RunCli, models: Path, weights: dict[str, DecoderWeights], photos: list[Path], model: str
+    run_cli: RunCli, models: Path, weights: dict[str, NewFCParams], photos: list[Path], model: str
 ) -> None:
     proc = run_cli("-i", *photos, "--model", model, "--model-dir", models, "--offline", "--onnx", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -42,7 +42,7 @@ def test_each_model_matches_the_reference(
     assert len({r["caption"] for r in records}) > 1  # the images give different captions
 
 
-def test_folder_and_glob(run_cli: RunCli, models: Path, photos: list[Path], weights: dict[str, DecoderWeights]) -> None:
+def test_folder_and_glob(run_cli: RunCli, models: Path, photos: list[Path], weights: dict[str, NewFCParams]) -> None:
     folder = photos[0].parent
     proc = run_cli("-i", folder, str(folder / "*.png"), "--model-dir", models, "--offline", "--onnx")
     assert proc.returncode == 0, proc.stderr
@@ -215,7 +215,7 @@ def _fake_missing_ailia(folder: Path) -> dict[str, str]:
 
 
 def test_auto_falls_back_to_onnxruntime_without_a_licence(
-    run_cli: RunCli, models: Path, weights: dict[str, DecoderWeights]
+    run_cli: RunCli, models: Path, weights: dict[str, NewFCParams]
 ) -> None:
     # The ailia SDK is installed (requirements.txt) but cannot fetch its licence here.
     proc = run_cli("-i", SAMPLE, "--model-dir", models, "--offline", "--json")

@@ -11,15 +11,15 @@ import pytest
 from onnx import helper, numpy_helper
 
 from image_captioning_pytorch import main
+from models.synthetic import NewFCParams, make_model_set
 from tests import reference_search as ref
-from tests.builders import DecoderWeights, make_model_set
 from tests.conftest import RunCli
 from tests.reference import demo_read_rgb, image_features, reference_caption, words_of
 
 FLAGS = ("--offline", "--onnx")
 
 
-def test_beam_search_nbest_json(run_cli: RunCli, models: Path, weights: dict[str, DecoderWeights],
+def test_beam_search_nbest_json(run_cli: RunCli, models: Path, weights: dict[str, NewFCParams],
                                 photos: list[Path]) -> None:
     proc = run_cli("-i", *photos, "--model-dir", models, *FLAGS, "--json", "--beam-size", "3", "--nbest", "3")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
@@ -39,7 +39,7 @@ def test_beam_search_nbest_json(run_cli: RunCli, models: Path, weights: dict[str
         assert record["indices"] == record["nbest"][0]["indices"]
 
 
-def test_beam_size_1_is_the_graph_and_nbest_text(run_cli: RunCli, models: Path, weights: dict[str, DecoderWeights],
+def test_beam_size_1_is_the_graph_and_nbest_text(run_cli: RunCli, models: Path, weights: dict[str, NewFCParams],
                                                   photos: list[Path]) -> None:
     proc = run_cli("-i", photos[0], "--model-dir", models, *FLAGS, "--beam-size", "1", "--nbest", "1")
     assert proc.returncode == 0, proc.stderr

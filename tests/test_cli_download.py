@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import DecoderWeights
+from models.synthetic import NewFCParams
 from tests.conftest import SAMPLE, RunCli
 from tests.https_server import Server, https_server
 from tests.reference import reference_caption
 
 
 @pytest.fixture
-def mirror(model_set_dir: tuple[Path, dict[str, DecoderWeights]], tmp_path: Path) -> Iterator[Server]:
+def mirror(model_set_dir: tuple[Path, dict[str, NewFCParams]], tmp_path: Path) -> Iterator[Server]:
     with https_server(model_set_dir[0], tmp_path) as server:
         yield server
 
@@ -29,7 +29,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def test_first_use_downloads_then_works_offline(
-    run_cli: RunCli, mirror: Server, tmp_path: Path, weights: dict[str, DecoderWeights]
+    run_cli: RunCli, mirror: Server, tmp_path: Path, weights: dict[str, NewFCParams]
 ) -> None:
     models = tmp_path / "fresh"
     proc = run_cli("-i", SAMPLE, "--model-dir", models, "--onnx", "--json", env=mirror_env(mirror))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.builders import default_words
+from models.synthetic import default_words
 from tests.checkpoint_files import (
     FIXTURES,
     LEGACY_MAGIC,

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from tests.builders import make_feature_model
+from models.synthetic import make_feature_model
 from tests.checkpoint_files import FIXTURES
 from tests.conftest import SAMPLE, SCRIPT, cli_env
 from tests.video_helpers import make_video

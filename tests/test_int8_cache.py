@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from models import model_set
-from tests.builders import make_feature_model
+from models.synthetic import make_feature_model
 from tests.conftest import ROOT
 from utils.captioner import Captioner, CaptionerOptions
 from utils.errors import CaptionError

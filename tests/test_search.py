@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.synthetic import NewFCParams, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
 from tests import reference_search as ref
-from tests.builders import DecoderWeights, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
 from utils.decoding.decoder import CaptionDecoder
 from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions, LengthPenalty, SampleMethod
@@ -36,7 +36,7 @@ def fc_inputs(n: int, seed: int = 0) -> list[np.ndarray]:
 class Built:
     """A traced decoder file, the program's decoder on it, and the reference network."""
 
-    def __init__(self, folder: Path, w: DecoderWeights, words: list[str] | None = None, steps: int = 20,
+    def __init__(self, folder: Path, w: NewFCParams, words: list[str] | None = None, steps: int = 20,
                  padded_to: int | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "model_fc_nsc.onnx"
@@ -173,7 +173,7 @@ def test_confidence_is_the_mean_log_probability_of_the_words(plain: Built) -> No
 # ---------------------------------------------------------------------------------------------
 
 
-def _boosted(word: int, by: float, seed: int = 5, eos_bias: float = 3.0, vocab: int = 12) -> DecoderWeights:
+def _boosted(word: int, by: float, seed: int = 5, eos_bias: float = 3.0, vocab: int = 12) -> NewFCParams:
     w = random_decoder_weights(vocab, seed=seed, eos_bias=eos_bias)
     w.logit_b[word] += np.float32(by)
     return w

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from tests.builders import DecoderWeights
+from models.synthetic import NewFCParams
 from tests.conftest import SCRIPT, RunCli, cli_env
 from tests.reference import reference_caption
 from tests.video_helpers import SCENE_FRAMES, has_caption_bar, make_video, read_frames, video_info
@@ -37,7 +37,7 @@ def parse_plain(stdout: str) -> list[tuple[str, str]]:
 
 
 def test_file_output_has_every_frame_with_its_caption(
-    run_cli: RunCli, models: Path, weights: dict[str, DecoderWeights], clip: Path, tmp_path: Path
+    run_cli: RunCli, models: Path, weights: dict[str, NewFCParams], clip: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out.avi"
     proc = run_cli("-v", clip, "-s", out, *model_flags(models), env=HEADLESS)

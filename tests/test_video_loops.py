@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import utils.video.run as video_run
-from tests.builders import DecoderWeights
+from models.synthetic import NewFCParams
 from tests.video_helpers import make_video, read_frames, scene, video_info
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
 from utils.decoding.options import DecodingOptions
@@ -34,7 +34,7 @@ from utils.video.video_file import VideoFileWriter, _incomplete, _without_tag_no
 
 
 @pytest.fixture(scope="module")
-def captioner(model_set_dir: tuple[Path, dict[str, DecoderWeights]]) -> Captioner:
+def captioner(model_set_dir: tuple[Path, dict[str, NewFCParams]]) -> Captioner:
     return Captioner(CaptionerOptions(model_dir=model_set_dir[0], offline=True, progress=False,
                                       runtime=RuntimeOptions(backend="onnxruntime")))
 

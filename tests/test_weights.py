@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from tests.builders import DecoderWeights, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
+from models.synthetic import NewFCParams, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
 from tests.reference_search import words_before_end
 from utils.decoding.decoder import CaptionDecoder
 from utils.decoding.graph import GreedyGraphDecoder
@@ -23,11 +23,11 @@ PAIRS = [("embed", "embed"), ("fc_w", "fc_embed_w"), ("fc_b", "fc_embed_b"), ("i
          ("h2h_w", "h2h_w"), ("h2h_b", "h2h_b"), ("logit_w", "logit_w"), ("logit_b", "logit_b")]
 
 
-def weights(seed: int = 4, vocab: int = 12, size: int = 16) -> DecoderWeights:
+def weights(seed: int = 4, vocab: int = 12, size: int = 16) -> NewFCParams:
     return random_decoder_weights(vocab, embed=size, rnn=size, seed=seed, eos_bias=3.0)
 
 
-def assert_recovered(path: Path, w: DecoderWeights, source: str, steps: int = 20) -> None:
+def assert_recovered(path: Path, w: NewFCParams, source: str, steps: int = 20) -> None:
     got = recover_weights(path.read_bytes())
     assert got.source == source and got.steps == steps
     for mine, theirs in PAIRS:
@@ -39,7 +39,7 @@ def fc_inputs(n: int) -> list[np.ndarray]:
     return [np.maximum(rng.standard_normal((1, 2048)), 0).astype(np.float32) for _ in range(n)]
 
 
-def decoder(path: Path, w: DecoderWeights) -> CaptionDecoder:
+def decoder(path: Path, w: NewFCParams) -> CaptionDecoder:
     return CaptionDecoder(GreedyGraphDecoder(OnnxRuntimeNetwork(path)), path.read_bytes(), default_words(w.vocab_size),
                           name=path.name)
 
@@ -61,13 +61,13 @@ def rename_initializers(graph: onnx.GraphProto) -> None:
             node.input[k] = names.get(name, name)
 
 
-def logit_weight_name(graph: onnx.GraphProto, w: DecoderWeights) -> str:
+def logit_weight_name(graph: onnx.GraphProto, w: NewFCParams) -> str:
     """The initializer a Gemm uses as the (V+1, R) logit weight (the embedding has that shape too)."""
     shapes = {t.name: numpy_helper.to_array(t).shape for t in graph.initializer}
     return next(n.input[1] for n in graph.node if n.op_type == "Gemm" and shapes.get(n.input[1]) == w.logit_w.shape)
 
 
-def logit_as_matmul(graph: onnx.GraphProto, w: DecoderWeights, weight_name: str, bias_name: str) -> None:
+def logit_as_matmul(graph: onnx.GraphProto, w: NewFCParams, weight_name: str, bias_name: str) -> None:
     """Replace every logit Gemm by MatMul with (in, out) storage plus a separate Add of the bias."""
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.logit_w.T), "onnx::MatMul_logit"))
     nodes = []

@@ -1,6 +1,6 @@
 """Builders for stand-in model files with the published interfaces, and a numpy reference decoder.
 
-The real model files can never be downloaded on this project's machines, so tests build ONNX
+The real model files can never be downloaded on this project's machines, so tests and benchmarks build ONNX
 files with exactly the published interfaces (docs/models.md §2, §4) and the published decoder maths
 (docs/models.md §5), filled with random weights. ``reference_greedy`` is written independently of the
 graph builder so that each checks the other.
@@ -60,7 +60,7 @@ _ECHO_PENALTY = 5.0  # logit penalty on the word just fed back
 
 
 @dataclass
-class DecoderWeights:
+class NewFCParams:
     """Parameters of upstream's NewFCModel in PyTorch layouts (Linear weights are (out, in))."""
 
     embed: F32  # (V+1, E) word embedding; row 0 is BOS/EOS/pad
@@ -94,7 +94,7 @@ def random_decoder_weights(
     feat_dim: int = 2048,
     seed: int = 0,
     eos_bias: float = 0.0,
-) -> DecoderWeights:
+) -> NewFCParams:
     """Random NewFCModel weights whose greedy captions depend on the image and vary along the caption.
 
     Random matrices are N(0, gain^2 / fan_in), so behaviour does not depend on the layer sizes: the same
@@ -166,7 +166,7 @@ def random_decoder_weights(
     logit_w[0, 1 + n_echo :] *= np.float32(_EOS_RANDOM_GAIN)
     logit_w[0, 0] = np.float32(_CLOCK_TO_EOS)
     logit_b[0] = np.float32(eos_bias + _EOS_BASE)
-    return DecoderWeights(
+    return NewFCParams(
         embed=embed_w,
         fc_embed_w=fc_embed_w,
         fc_embed_b=fc_embed_b,
@@ -183,7 +183,7 @@ def _sigmoid(x: F64) -> F64:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def lstm_step(w: DecoderWeights, x: F64, h: F64, c: F64) -> tuple[F64, F64]:
+def lstm_step(w: NewFCParams, x: F64, h: F64, c: F64) -> tuple[F64, F64]:
     """One NewFCModel core step (docs/models.md §5) on row vectors x (1,E), h (1,R), c (1,R); returns (h', c')."""
     r = w.rnn_size
     s = (
@@ -209,7 +209,7 @@ def _log_softmax(z: F64) -> F64:
     return out
 
 
-def reference_greedy(w: DecoderWeights, fc: np.ndarray, steps: int = 20) -> tuple[I64, F32]:
+def reference_greedy(w: NewFCParams, fc: np.ndarray, steps: int = 20) -> tuple[I64, F32]:
     """Greedy decoding per docs/models.md §5 in float64; returns seq int64 (1,steps), logprobs float32 (1,steps,V+1).
 
     After a row emits 0 its later words are 0 and 0 is what gets fed back, but log-probabilities are
@@ -287,7 +287,7 @@ def _save_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
         ir_version=IR_VERSION,
-        producer_name="tests.builders",
+        producer_name="models.synthetic",
     )
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +301,7 @@ def _save_model(
 
 def make_greedy_decoder(
     path: Path,
-    w: DecoderWeights,
+    w: NewFCParams,
     steps: int = 20,
     prefix: str = "",
     extra_constants: bool = False,
@@ -542,12 +542,12 @@ def make_model_set(
     steps: int = 20,
     eos_bias: float = DEFAULT_EOS_BIAS,
     prototxt: bool = True,
-) -> dict[str, DecoderWeights]:
+) -> dict[str, NewFCParams]:
     """Write the published file set (small stand-ins) into model_dir; return the weights per decoder."""
     model_dir.mkdir(parents=True, exist_ok=True)
     make_feature_model(model_dir / "model_feat.onnx")
     onnx_paths = [model_dir / "model_feat.onnx"]
-    weights: dict[str, DecoderWeights] = {}
+    weights: dict[str, NewFCParams] = {}
     for seed, name in enumerate(DECODER_NAMES, start=1):
         w = random_decoder_weights(vocab_size, embed, rnn, feat_dim=2048, seed=seed, eos_bias=eos_bias)
         make_greedy_decoder(model_dir / f"model_{name}.onnx", w, steps=steps)
