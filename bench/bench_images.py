@@ -34,7 +34,8 @@ from bench.common import ensure_models  # noqa: E402
 from bench.photos import sample_crops  # noqa: E402
 from utils.captioner import Captioner, CaptionerOptions, available_cores, default_workers  # noqa: E402
 from utils.decoding.options import DecodingOptions  # noqa: E402
-from utils.images import ImageJob, run_images  # noqa: E402
+from utils.image_job import ImageJob  # noqa: E402
+from utils.images import run_images  # noqa: E402
 from utils.preprocess import preprocess, read_image  # noqa: E402
 from utils.quantization import PRECISIONS, Precision  # noqa: E402
 from utils.runtime import RuntimeOptions  # noqa: E402

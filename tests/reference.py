@@ -65,7 +65,7 @@ def words_of(model_dir: Path, seq: np.ndarray, remove_bad_endings: bool = False)
     return " ".join(words).replace("@@ ", "")
 
 
-# The program's documented default decoding: beam search of width 5 with UNK suppressed (README).
+# The program's documented default decoding: beam search of width 5 with UNK suppressed (docs/decoding.md).
 PROGRAM_BEAM_SIZE = 5
 
 

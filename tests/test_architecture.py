@@ -3,12 +3,16 @@ that stands on its own (docs it points to exist, no path outside it), and the --
 
 from __future__ import annotations
 
+import ast
+import csv
 import io
 import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,11 +20,13 @@ from models.synthetic import NewFCParams
 from tests.conftest import ROOT, SAMPLE, RunCli, cli_env
 from tests.video_helpers import make_video
 from utils.captioner import Captioner, CaptionerOptions
-from utils.images import ImageJob, run_images
+from utils.image_job import ImageJob
+from utils.images import run_images
 from utils.output.formats import FORMATS, ResultWriter
 from utils.preprocess import read_image
-from utils.records import CaptionRecord, RunSummary
+from utils.records import CaptionRecord, RunSummary, Section
 from utils.runtime import RuntimeOptions
+from utils.steps import CaptionedImage, Step, registry
 from utils.video.job import VideoJob
 from utils.video.loops import process_video
 from utils.video.source import open_source
@@ -155,3 +161,142 @@ def tracked_files() -> list[Path]:
     """The repository's files (a clone's view), without git: everything but caches and built models."""
     skip = {".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "models", "out"}
     return [p for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.relative_to(ROOT).parts[:-1])]
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings (lower case, punctuation dropped, spaces as '-';
+    a repeated heading gets -1, -2, ...)."""
+    anchors: set[str] = set()
+    fenced = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or not (match := re.match(r"^#{1,6} (.*)$", line)):
+            continue
+        slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def unresolved(target: Path, anchor: str | None) -> str | None:
+    if not target.is_file():
+        return "no such file"
+    if anchor and anchor not in heading_anchors(target.read_text(encoding="utf-8")):
+        return f"no heading #{anchor}"
+    return None
+
+
+def test_every_link_between_the_docs_resolves() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            if (why := unresolved((page.parent / path).resolve() if path else page, anchor or None)) is not None:
+                broken.append(f"{page.relative_to(ROOT)} -> {target}: {why}")
+    assert pages[1:] and broken == []
+
+
+def test_every_code_reference_to_the_docs_resolves() -> None:
+    """Code cites documentation by path (docs/limits.md, docs/performance.md#folders-several-workers),
+    never by a section title that a later edit could rename unnoticed."""
+    broken, by_title, cited = [], [], 0
+    for path in tracked_files():
+        if path.suffix != ".py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for page, anchor in re.findall(r"\b((?:docs/[\w\-]+|README)\.md)(?:#([\w\-]+))?", text):
+            cited += 1
+            if (why := unresolved(ROOT / page, anchor or None)) is not None:
+                broken.append(f"{path.relative_to(ROOT)}: {page}#{anchor}: {why}")
+        by_title += [f"{path.relative_to(ROOT)}: {m}" for m in re.findall(r"README, [\"A-Z][^)\n]*", text)]
+    assert cited > 10 and broken == [] and by_title == []
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which parts of the program import which: a part is a package of utils/ (utils.steps), a module of
+    utils/ (utils.captioner), models or vocab. Imports made only for type checking count too: they tie
+    the parts together just the same."""
+    def part(module: str) -> str:
+        names = module.split(".")
+        return ".".join(names[:2]) if names[0] == "utils" and len(names) > 1 else names[0]
+
+    graph: dict[str, set[str]] = {}
+    for path in [p for top in ("utils", "models", "vocab") for p in (ROOT / top).rglob("*.py")]:
+        here = part(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                       else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for module in modules:
+                there = part(module)
+                if module.split(".")[0] in ("utils", "models", "vocab") and there not in (here, "utils"):
+                    graph.setdefault(here, set()).add(there)
+    return graph
+
+
+def test_no_cycle_between_the_parts_of_the_program() -> None:
+    graph = import_graph()
+    assert {"utils.cli", "utils.steps", "utils.output", "utils.images"} <= set(graph)  # the walk saw them
+
+    def cycle_from(start: str, node: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                return [*path, nxt]
+            if nxt not in path and (found := cycle_from(start, nxt, [*path, nxt])) is not None:
+                return found
+        return None
+
+    cycles = [c for start in sorted(graph) if (c := cycle_from(start, start, [start])) is not None]
+    assert cycles == [], " ; ".join(" -> ".join(c) for c in cycles)
+
+
+@dataclass(frozen=True)
+class WordCount(Section):
+    """A made-up step's section: what a new per-image feature has to provide, and nothing more."""
+
+    key = "words"
+    columns = ("words",)
+
+    count: int
+
+    def json(self) -> Any:
+        return self.count
+
+    def note(self) -> str | None:
+        return f"{self.count} words"
+
+    def cells(self) -> tuple[Any, ...]:
+        return (self.count,)
+
+
+class CountWords(Step):
+    section = WordCount
+
+    @classmethod
+    def from_job(cls, job: ImageJob) -> Step | None:
+        return cls()
+
+    def run(self, image: CaptionedImage, earlier: list[Section]) -> Section | None:
+        return WordCount(len(image.result.caption.split()))
+
+
+def test_a_new_per_image_step_is_one_class_and_one_registration(captioner: Captioner, photos: list[Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "STEPS", [*registry.STEPS, CountWords])
+    job = ImageJob(inputs=[str(p) for p in photos[:2]])
+    words = [len(captioner.caption(read_image(p)).caption.split()) for p in photos[:2]]
+    out: dict[str, str] = {}
+    for fmt in ("json", "text", "csv"):
+        stream = io.StringIO()
+        assert run_images(replace(job, format=fmt), captioner.options, out=stream, load=lambda _: captioner) == 0
+        out[fmt] = stream.getvalue()
+    assert [json.loads(line)["words"] for line in out["json"].splitlines()] == words
+    assert [line.strip() for line in out["text"].splitlines() if line.startswith("  ")] == [f"{n} words" for n in words]
+    rows = list(csv.DictReader(io.StringIO(out["csv"])))
+    assert list(rows[0])[-2:] == ["words", "error"] and [int(r["words"]) for r in rows] == words

@@ -1,5 +1,5 @@
 """Hostile input: every failure is one clean line with the documented exit status, nothing is lost, and
-memory and time stay bounded (README, "Limits").
+memory and time stay bounded (docs/limits.md).
 
 Each test runs the real CLI in a subprocess. Full disks are real: a small tmpfs mounted where the test
 runs (this needs root, as CI has; elsewhere those tests are skipped and say why).

@@ -1,4 +1,4 @@
-"""Hostile files for --import-checkpoint (README, "Limits"): each is refused in one line that names the file
+"""Hostile files for --import-checkpoint (docs/limits.md): each is refused in one line that names the file
 and the bound it passes, before anything is built or inflated: quickly, in little memory, and with
 nothing left in the model folder. Every file is made here, pickle opcode by opcode or zip entry by entry.
 
@@ -56,7 +56,7 @@ def refused(pth: Path, infos: Path, tmp_path: Path) -> str:
     models.mkdir()
     proc, peak = peak_rss_mb(["--import-checkpoint", pth, infos, "--name", "mine", "--model-dir", models],
                              timeout=TIMEOUT)
-    print(f"{pth.name} + {infos.name}: peak RSS {peak:.0f} MB")  # the README's figures (pytest -s)
+    print(f"{pth.name} + {infos.name}: peak RSS {peak:.0f} MB")  # the figures in docs/limits.md (pytest -s)
     assert proc.returncode == 1 and proc.stdout == "", proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("ERROR: "), proc.stderr

@@ -1,4 +1,4 @@
-"""Ctrl-C (SIGINT) and SIGTERM at many moments, in every mode (README, "Limits"): the program ends with
+"""Ctrl-C (SIGINT) and SIGTERM at many moments, in every mode (docs/limits.md): the program ends with
 128 + the first signal and one line on stderr, never a traceback or an "Exception ignored"; nothing
 half-written is left; what it keeps is whole (a video that opens with every frame it says it saved, a
 complete captions file, images that decode).

@@ -39,7 +39,7 @@ def test_int8_captions_end_to_end_offline(run_cli: RunCli, models: Path, photos:
     assert all(p.exists() for p in cached_paths(models))
     # Where it pays (VNNI), the decoder is int8 too, cached beside its source; beam search ran on it with the
     # int8 step model (a failed replay check would have added a warning above). Captions may then differ
-    # from fp32 (README, int8): the random test decoders change theirs on the smallest difference.
+    # from fp32 (docs/int8.md): the random test decoders change theirs on the smallest difference.
     assert int8_decoder_path(models / "model_fc_nsc.onnx").exists() == int8_decoder_pays(cpu_flags())
 
 

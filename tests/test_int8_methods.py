@@ -1,4 +1,4 @@
-"""The int8 method chosen from CPU flags (README, "int8"), and reading the flags."""
+"""The int8 method chosen from CPU flags (docs/int8.md), and reading the flags."""
 
 from __future__ import annotations
 

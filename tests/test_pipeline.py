@@ -275,7 +275,8 @@ def hook(event, args):
         opened.add(str(args[0]))
 sys.addaudithook(hook)
 from utils.captioner import CaptionerOptions
-from utils.images import ImageJob, run_images
+from utils.image_job import ImageJob
+from utils.images import run_images
 from utils.runtime import RuntimeOptions
 from utils.stopping import StopRequest
 

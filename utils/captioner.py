@@ -31,7 +31,7 @@ from vocab import Vocabulary
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_WORKERS = 64  # each worker holds its own sessions: ~0.2 GB at fp32 (README, "Several workers")
+MAX_WORKERS = 64  # each worker holds its own sessions: ~0.2 GB at fp32 (docs/performance.md#folders-several-workers)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class CaptionerOptions:
     offline: bool = False  # never download; report missing or corrupt files instead
     progress: bool = True  # download progress bars on a terminal; the one-line note while an int8 model is made
     # fp32: the published models, exactly. int8: the feature model quantized for this CPU (made from the
-    # fp32 file on first use and cached in the model folder; README, "int8"); ONNX Runtime only.
+    # fp32 file on first use and cached in the model folder; docs/int8.md); ONNX Runtime only.
     precision: Precision = "fp32"
     # Images captioned at once by caption_many, each by its own sessions with its share of the cores
     # (ONNX Runtime; the ailia SDK runs one). default_workers() is image mode's choice for this machine.
@@ -66,7 +66,7 @@ def available_cores() -> int:
 
 def default_workers(cores: int | None = None) -> int:
     """Image mode's worker count: one per two cores, and on machines of two or three cores one per
-    core (README, "Several workers", has the measurements behind it)."""
+    core (docs/performance.md#folders-several-workers, has the measurements behind it)."""
     cores = cores or available_cores()
     return max(1, cores // 2) if cores >= 4 else cores
 
@@ -85,7 +85,7 @@ class CaptionResult:
 @dataclass(frozen=True)
 class RankedCaption:
     caption: str
-    score: float  # see README, "Decoding options"
+    score: float  # see docs/decoding.md
     indices: list[int]
 
 

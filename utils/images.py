@@ -7,34 +7,22 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 from tqdm import tqdm
 
 from utils.captioner import Captioned, Captioner, CaptionerOptions
-from utils.decoding.options import DecodingOptions
 from utils.errors import CaptionError
+from utils.image_job import ImageJob
 from utils.inputs import InputItem, expand_inputs
-from utils.metadata import MetadataOptions
 from utils.output.captions_file import check_captions_file, open_writers
 from utils.records import CaptionRecord, RunSummary, Section
 from utils.steps import CaptionedImage, Step, registry
 from utils.stopping import Interrupted, StopRequest, stop_requests
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    inputs: list[str]
-    savepath: Path | None = None  # the annotated copies (utils/steps/save.py)
-    format: str = "text"  # a name in utils.output.formats.FORMATS
-    captions_file: Path | None = None  # also write the records here, in its extension's format
-    benchmark_count: int = 0  # 0: no benchmark; N: caption each image N times and report timings
-    decoding: DecodingOptions = field(default_factory=DecodingOptions)
-    metadata: MetadataOptions | None = None  # write each caption into its photo's metadata (or a sidecar)
 
 
 def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdout,

@@ -1,5 +1,5 @@
 """Limits read by libraries when they load, kept apart so the command line can set them before any
-heavy import (README, "Limits")."""
+heavy import (docs/limits.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Command-line flags for the decoding options (README, "Decoding options"), shared by -i and -v."""
+"""Command-line flags for the decoding options (docs/decoding.md), shared by -i and -v."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _parsed_by(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per DecodingOptions field, its dest the field's name (``options`` relies on it)."""
-    g = p.add_argument_group("decoding (upstream's evaluation options; see README, Decoding options)")
+    g = p.add_argument_group("decoding (upstream's evaluation options; see docs/decoding.md)")
     g.add_argument("--beam-size", type=positive_int, default=_DEFAULTS.beam_size, metavar="N",
                    help=f"beam search width; 1 is greedy decoding, exactly the published graph's output "
                         f"(default {DEFAULT_BEAM_SIZE}, as upstream's published scores)")

@@ -11,7 +11,7 @@ from utils import compatibility
 from utils.captioner import MAX_WORKERS, CaptionerOptions, default_workers
 from utils.cli import decoding, metadata
 from utils.cli.arg_types import int_up_to
-from utils.images import ImageJob
+from utils.image_job import ImageJob
 from utils.output.captions_file import EXTENSIONS, captions_file_usage_error
 from utils.output.formats import FORMATS
 from utils.quantization import PRECISIONS

@@ -1,4 +1,4 @@
-"""The photo-metadata options of the command line (README, "Alt text in photo metadata")."""
+"""The photo-metadata options of the command line (docs/metadata.md)."""
 
 from __future__ import annotations
 

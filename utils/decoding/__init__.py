@@ -1,4 +1,4 @@
-"""Decoding the published greedy decoders with upstream's options (README, "Decoding options")."""
+"""Decoding the published greedy decoders with upstream's options (docs/decoding.md)."""
 
 from utils.decoding.options import DEFAULT_BEAM_SIZE, DecodingOptions, LengthPenalty, SampleMethod
 

@@ -16,7 +16,7 @@ class Candidate:
     """One of the n best captions."""
 
     indices: list[int]  # the emitted words, without the closing 0
-    score: float  # beam search: upstream's ranking score; otherwise the summed log-probability (see README)
+    score: float  # beam search: upstream's ranking score; otherwise the summed log-probability (see docs/decoding.md)
     confidence: float | None  # mean log-probability of the emitted words
 
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 # Beam 5: the setting of upstream's published scores (docs/models.md §8); it costs a few per cent of the
-# feature model's time (README, "Decoding options").
+# feature model's time (docs/decoding.md).
 DEFAULT_BEAM_SIZE = 5
 
 SearchPath = Literal["beam", "diverse", "sample"]
 
-# Limits that keep memory and time bounded whatever the options (README, "Limits"). Each is far beyond
+# Limits that keep memory and time bounded whatever the options (docs/limits.md). Each is far beyond
 # what upstream's evaluation uses (beam 1-10, 16-20 words, A <= 1, T around 1); past them the arithmetic
 # overflows (a length penalty's power, a temperature's division) or the work grows without bound.
 MAX_BEAM_SIZE = 1000  # also the most captions (--nbest): a step over 1000 rows takes ~5 GFLOP, ~200 MB
@@ -126,7 +126,7 @@ class SampleMethod:
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """Upstream's evaluation options (docs/models.md §6); see README, "Decoding options".
+    """Upstream's evaluation options (docs/models.md §6); see docs/decoding.md.
 
     One field per decoding flag (utils/cli/decoding.py builds this from the flags field by field).
     Invalid values raise ValueError."""

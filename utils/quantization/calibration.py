@@ -1,7 +1,7 @@
 """The photos int8 models are calibrated on, and feeding them to a model exactly as inference does.
 
 Calibration sets each activation's int8 range from what the model sees on real photos. They ship
-with the project in samples/ (free licences; README, "Licences") so that the int8 file is made
+with the project in samples/ (free licences; README.md#licences) so that the int8 file is made
 offline, and the same everywhere: the cache record holds each photo's SHA-256.
 """
 

@@ -1,6 +1,6 @@
 """Which int8 format a CPU runs fastest without losing accuracy, from its feature flags.
 
-The choice was measured with ``bench/bench_int8_formats.py`` (README, "int8"): ONNX Runtime's int8
+The choice was measured with ``bench/bench_int8_formats.py`` (docs/int8.md): ONNX Runtime's int8
 kernels differ per instruction set, and a format that is 4x faster on one CPU is slower than fp32 on
 another. This module only encodes that measurement; it runs nothing.
 """

@@ -23,7 +23,7 @@ from utils.records import Section
 
 if TYPE_CHECKING:
     from utils.captioner import Captioner
-    from utils.images import ImageJob
+    from utils.image_job import ImageJob
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from utils.steps import CaptionedImage, Step
 
 if TYPE_CHECKING:
     from utils.captioner import Captioner
-    from utils.images import ImageJob
+    from utils.image_job import ImageJob
 
 Stats = dict[str, float]  # min, median, max
 

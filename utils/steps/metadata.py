@@ -14,7 +14,7 @@ from utils.steps import CaptionedImage, Step
 from utils.text import printable
 
 if TYPE_CHECKING:
-    from utils.images import ImageJob
+    from utils.image_job import ImageJob
 
 SHOWN_DESCRIPTION_CHARS = 200  # a description found in a photo is quoted this far in text output
 

@@ -22,7 +22,7 @@ from utils.records import Section
 from utils.steps import CaptionedImage, Step
 
 if TYPE_CHECKING:
-    from utils.images import ImageJob
+    from utils.image_job import ImageJob
 
 
 @dataclass(frozen=True)

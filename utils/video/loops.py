@@ -1,4 +1,4 @@
-"""The two video loops, chosen by the source (README, "Video and webcam").
+"""The two video loops, chosen by the source (docs/video.md).
 
 * Files are exact: frame k is captioned when its video time reaches the next multiple of
   ``interval`` (every frame with ``sync``) and that caption is drawn on every frame until the next
