@@ -24,7 +24,7 @@ from utils.stopping import MESSAGE, exit_status, program_work, signum_of
 from utils.text import printable
 from utils.video.run import run_video
 
-logger = logging.getLogger("image_captioning_pytorch")
+logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None, standalone: bool = False) -> int:

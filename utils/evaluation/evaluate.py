@@ -11,7 +11,7 @@ from utils.evaluation.matching import Matching, match, unmatched_warnings
 from utils.evaluation.references import References
 from utils.evaluation.scoring import Scores, score
 
-logger = logging.getLogger("image_captioning_pytorch")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

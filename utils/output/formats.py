@@ -21,7 +21,7 @@ from utils.records import CaptionRecord, RunSummary, as_json
 from utils.steps.registry import table_columns
 from utils.text import printable
 
-logger = logging.getLogger("image_captioning_pytorch")
+logger = logging.getLogger(__name__)
 
 Mode = Literal["images", "video"]
 
