@@ -1,4 +1,4 @@
-"""The README's HTML example in a real browser: Chromium, driven by Playwright, plays the annotated .webm
+"""The the HTML example of docs/output.md in a real browser: Chromium, driven by Playwright, plays the annotated .webm
 that -s writes and loads the --captions-file .vtt as its text track, both served over http.
 
 .ci/run installs Chromium (apt-get install chromium) and Playwright (requirements-dev.txt); without them
@@ -32,7 +32,7 @@ FPS, FRAMES, SIZE = 10.0, 40, (160, 120)
 # Chromium as root in a container, with nothing reached outside this machine.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# The README's example, as a user would paste it.
+# The the example of docs/output.md, as a user would paste it.
 PAGE = ('<!doctype html><meta charset="utf-8"><title>captions</title>\n'
         '<video controls src="{video}">\n'
         '  <track kind="descriptions" src="out.vtt" srclang="en" label="Descriptions" default>\n'
@@ -157,7 +157,7 @@ def served(tmp_path: Path) -> Iterator[str]:
 
 
 def write_video(run_cli: RunCli, models: Path, folder: Path, name: str) -> None:
-    """The README's command: the annotated video and its WebVTT track, from a 4 s clip of four scenes."""
+    """The docs/output.md's command: the annotated video and its WebVTT track, from a 4 s clip of four scenes."""
     clip = make_video(folder / "clip.avi", FRAMES, fps=FPS, size=SIZE)
     proc = run_cli("-v", clip, "-s", folder / name, "--captions-file", folder / "out.vtt",
                    "--model-dir", models, "--offline", "--onnx", env=HEADLESS)
@@ -208,7 +208,7 @@ def test_webm_and_its_track_play_in_chromium(run_cli: RunCli, models: Path, tmp_
 @pytest.mark.parametrize("name", ["out.mp4", "out.mkv", "out.avi"])
 def test_other_formats_do_not_play_in_chromium(run_cli: RunCli, models: Path, tmp_path: Path, served: str,
                                                browser: Any, name: str) -> None:
-    """Why the README points browsers at .webm: the .mp4 this program writes is MPEG-4 part 2 (mp4v), the
+    """Why the docs/output.md points browsers at .webm: the .mp4 this program writes is MPEG-4 part 2 (mp4v), the
     .mkv and .avi are MJPG, codecs browsers do not decode; Chromium reports the source as not supported."""
     write_video(run_cli, models, tmp_path, name)
     page = browser.new_page()
