@@ -359,12 +359,12 @@ def test_the_captioner_runs_beam_search_on_the_cached_int8_decoder(models: Path,
     """--precision int8 end to end in the API: the int8 decoder is made once, cached with its record, and beam
     search runs on it with the int8 step model (the replay check passes: no fall-back to the greedy graph).
     Forced on, so that a CPU without VNNI (where the program keeps the fp32 decoder) still tests the path."""
-    import utils.captioner as captioner_module
+    import utils.quantization.models as int8_plan
     from utils.captioner import Captioner, CaptionerOptions
     from utils.preprocess import read_image
     from utils.runtime import RuntimeOptions
 
-    monkeypatch.setattr(captioner_module, "int8_decoder_pays", lambda flags: True)
+    monkeypatch.setattr(int8_plan, "int8_decoder_pays", lambda flags: True)
     options = CaptionerOptions(model_dir=models, offline=True, progress=False, precision="int8",
                                runtime=RuntimeOptions(backend="onnxruntime"))
     image = read_image(Path(__file__).resolve().parent.parent / "samples" / "chelsea.png")
