@@ -20,3 +20,8 @@ def exception_chain(error: BaseException) -> list[BaseException]:
         chain.append(current)
         current = current.__cause__ or current.__context__
     return chain
+
+
+class UsageError(CaptionError):
+    """A command line that cannot work, found only once a file it names was read (a malformed references
+    file): reported like argparse's usage errors, with exit status 2, before any model loads."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from utils.decoding.options import DecodingOptions
+from utils.evaluation.options import EvaluationOptions
 from utils.metadata import MetadataOptions
 
 
@@ -18,3 +19,4 @@ class ImageJob:
     benchmark_count: int = 0  # 0: no benchmark; N: caption each image N times and report timings
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     metadata: MetadataOptions | None = None  # write each caption into its photo's metadata (or a sidecar)
+    evaluation: EvaluationOptions | None = None  # score the captions against reference captions

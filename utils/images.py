@@ -21,6 +21,7 @@ from utils.output.captions_file import check_captions_file, open_writers
 from utils.records import CaptionRecord, RunSummary, Section
 from utils.steps import CaptionedImage, Step, registry
 from utils.stopping import Interrupted, StopRequest, stop_requests
+from utils.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,16 @@ def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdou
         if stop.is_set():
             # The captions file is not committed: the run did not finish (the block ends by this raise).
             raise Interrupted(stop.signum)
-        reports = tuple(report for step in steps if (report := step.finish()) is not None)
+        reports: list[str] = []
+        for step in steps:
+            try:
+                if (report := step.finish()) is not None:
+                    reports.append(report)
+            except CaptionError as exc:  # the captions stand (and their file is written); the run failed
+                logger.error("%s", printable(str(exc)))
+                failed = True
         writer.end(RunSummary(model=captioner.model if captioner else "",
-                              backend=captioner.backend if captioner else "", reports=reports))
+                              backend=captioner.backend if captioner else "", reports=tuple(reports)))
     return 1 if failed else 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV, default_model_dir, imported_names, model_choices
 from utils import compatibility
 from utils.captioner import MAX_WORKERS, CaptionerOptions, default_workers
-from utils.cli import decoding, metadata
+from utils.cli import decoding, evaluation, metadata
 from utils.cli.arg_types import int_up_to
 from utils.image_job import ImageJob
 from utils.output.captions_file import EXTENSIONS, captions_file_usage_error
@@ -121,6 +121,7 @@ def image_job(args: argparse.Namespace) -> ImageJob:
         benchmark_count=args.benchmark_count if args.benchmark else 0,
         decoding=decoding.options(args),
         metadata=metadata.options(args),
+        evaluation=evaluation.options(args),
     )
 
 

@@ -14,9 +14,9 @@ from dataclasses import replace
 import cv2
 
 from utils.captioner import CaptionerOptions
-from utils.cli import checkpoint, general, video
+from utils.cli import checkpoint, evaluation, general, video
 from utils.cli.parser import parse
-from utils.errors import CaptionError, exception_chain
+from utils.errors import CaptionError, UsageError, exception_chain
 from utils.images import run_images
 from utils.runtime import ailia_environments
 from utils.stderr import library_output_silenced, own_stderr
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None, standalone: bool = False) -> int:
     try:
         with program_work():
             return _run(args, quiet_libraries)
+    except UsageError as exc:
+        logger.error("%s", printable(str(exc)))
+        return 2
     except CaptionError as exc:
         # Control characters (a newline in a file name) are escaped, but a message's own lines stay lines:
         # the --offline message lists each missing file on a line of its own.
@@ -81,6 +84,8 @@ def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
         return 0
     if args.import_checkpoint is not None:
         return checkpoint.run_import(args)
+    if args.score_captions is not None:
+        return evaluation.run_score_captions(args)
     options: CaptionerOptions = general.captioner_options(args)
     if args.video is not None:
         return run_video(video.job(args), options)

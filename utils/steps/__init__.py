@@ -37,7 +37,7 @@ class CaptionedImage:
 
 
 class Step:
-    section: ClassVar[type[Section]]  # what the step adds to each record
+    section: ClassVar[type[Section] | None] = None  # what the step adds to each record, if anything
 
     @classmethod
     def from_job(cls, job: ImageJob) -> Step | None:

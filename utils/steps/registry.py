@@ -7,10 +7,11 @@ from utils.steps import Step
 from utils.steps.benchmark import Benchmark
 from utils.steps.metadata import WriteMetadata
 from utils.steps.save import SaveImage
+from utils.steps.scores import ScoreCaptions
 
-STEPS: list[type[Step]] = [SaveImage, Benchmark, WriteMetadata]
+STEPS: list[type[Step]] = [SaveImage, Benchmark, WriteMetadata, ScoreCaptions]
 
 
 def table_columns() -> tuple[str, ...]:
     """The columns the steps add to an image table, in order."""
-    return tuple(column for step in STEPS for column in step.section.columns)
+    return tuple(column for step in STEPS if step.section is not None for column in step.section.columns)
