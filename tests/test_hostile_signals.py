@@ -42,7 +42,7 @@ FPS = 30.0
 CLIP_FRAMES = 1500  # several seconds of frames: every signal below comes before the end
 PHOTOS = 40
 INTERRUPTED = "ERROR: interrupted\n"
-SAVED = re.compile(r"WARNING: interrupted (at \S+ \(frame \d+\)|before the first frame); saved (\d+) frames to (.+)\n")
+SAVED = re.compile(r"WARNING: interrupted (at \S+ \(frame \d+\)|before the first frame); saved (\d+) frames? to (.+)\n")
 CUE = re.compile(r"(\d\d:\d\d:\d\d\.\d\d\d) --> (\d\d:\d\d:\d\d\.\d\d\d)\n.+")
 
 

@@ -93,7 +93,8 @@ def _report_end(stats: VideoStats, source: VideoSource, video_out: VideoFileWrit
     note = ""
     if video_out is not None:
         dest = video_out.dest
-        note = f"; saved {video_out.frames} frames to {dest}" if saved else f"; nothing saved to {dest}"
+        frames = f"{video_out.frames} frame{'' if video_out.frames == 1 else 's'}"
+        note = f"; saved {frames} to {dest}" if saved else f"; nothing saved to {dest}"
     if stats.end == "interrupted":
         logger.warning("interrupted %s%s", at, note)
         return 128 + signum
