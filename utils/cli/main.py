@@ -14,7 +14,7 @@ from dataclasses import replace
 import cv2
 
 from utils.captioner import CaptionerOptions
-from utils.cli import checkpoint, general, video
+from utils.cli import checkpoint, general, serve, video
 from utils.cli.parser import parse
 from utils.errors import CaptionError, exception_chain
 from utils.images import run_images
@@ -82,6 +82,11 @@ def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
     if args.import_checkpoint is not None:
         return checkpoint.run_import(args)
     options: CaptionerOptions = general.captioner_options(args)
+    if args.serve is not None:
+        if quiet_libraries:
+            with library_output_silenced():
+                return serve.run(args, options)
+        return serve.run(args, options)
     if args.video is not None:
         return run_video(video.job(args), options)
     options = replace(options, workers=general.workers(args))

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models import default_model_dir, imported_names
-from utils.cli import checkpoint, decoding, general, metadata, video
+from utils.cli import checkpoint, decoding, general, metadata, serve, video
 
 # Each group's own rules, in the order they are reported; then, knowing the model folder, the model's.
 UsageCheck = Callable[[argparse.Namespace], "str | None"]
-USAGE_CHECKS: tuple[UsageCheck, ...] = (video.usage_error, general.usage_error, decoding.usage_error,
-                                        checkpoint.usage_error, metadata.usage_error)
+USAGE_CHECKS: tuple[UsageCheck, ...] = (serve.usage_error, video.usage_error, general.usage_error,
+                                        decoding.usage_error, checkpoint.usage_error, metadata.usage_error)
 
 
 def build_parser(model_dir: Path | None = None) -> argparse.ArgumentParser:
@@ -27,6 +27,7 @@ def build_parser(model_dir: Path | None = None) -> argparse.ArgumentParser:
     metadata.add_arguments(p)
     decoding.add_arguments(p)
     checkpoint.add_arguments(p)
+    serve.add_arguments(p)
     return p
 
 
