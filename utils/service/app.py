@@ -293,7 +293,7 @@ def create_app(state: ServiceState) -> FastAPI:
         return Response(lines, media_type="application/x-ndjson")
 
     for path, (content, kind) in pages.items():
-        app.add_api_route(path, _page(content, kind), methods=["GET"], include_in_schema=False)
+        app.add_api_route(path, _page(content, kind), methods=["GET", "HEAD"], include_in_schema=False)
 
     app.add_middleware(NoSniff)
     if options.token is not None:
