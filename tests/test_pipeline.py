@@ -168,6 +168,35 @@ def test_a_stop_request_ends_the_results_and_insisting_stops_waiting(insist: boo
                 thread.join()
 
 
+def test_unordered_results_come_as_they_finish_with_no_more_runs_than_workers() -> None:
+    """Item 0 is held until every other item has been handed back: in order that could never happen
+    (the wait gives up, and the test fails); unordered, the others come first."""
+    others_done = threading.Event()
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        if x == 0:
+            others_done.wait(30)
+        with lock:
+            running -= 1
+        return x
+
+    seen = []
+    for done in ordered_map(range(20), lambda x: x, [work, work, work], ordered=False):
+        assert done.value == done.index == done.item
+        seen.append(done.index)
+        if len(seen) == 19:
+            others_done.set()
+    assert sorted(seen) == list(range(20)) and seen[-1] == 0 and others_done.is_set()
+    assert most <= 3
+    assert _pipeline_threads() == []
+
+
 @pytest.fixture(scope="module")
 def two_workers(model_set_dir: tuple[Path, object]) -> Captioner:
     return Captioner(CaptionerOptions(model_dir=model_set_dir[0], offline=True, progress=False, workers=2,
@@ -184,6 +213,21 @@ def test_caption_many_gives_what_caption_gives_in_order(two_workers: Captioner, 
         assert [m.result.caption if m.result else None for m in many] == [r.caption for r in one_by_one]
         assert [m.result.nbest if m.result else None for m in many] == [r.nbest for r in one_by_one]
         assert all(m.error is None and m.image is None for m in many)
+
+
+def test_caption_many_takes_each_items_own_options(two_workers: Captioner, photos: list[Path]) -> None:
+    """A service's requests: each with its decoding options, results handed back as they finish."""
+    asked = [(path, DecodingOptions(beam_size=1 + i % 3, max_length=2 + i)) for i, path in enumerate(photos * 2)]
+    results = {(str(d.source[0]), d.source[1]): d.result for d in two_workers.caption_many(
+        asked, read=lambda item: read_image(item[0]), options_of=lambda item: item[1], ordered=False)}
+    assert len(results) == len(asked)
+    for path, options in asked:
+        result = results[(str(path), options)]
+        assert result is not None
+        assert result.caption == two_workers.caption(read_image(path), options).caption
+        assert options.max_length is not None and len(result.indices) <= options.max_length
+    with pytest.raises(ValueError, match="repeats"):
+        next(two_workers.caption_many(photos, ordered=False, repeats=2))
 
 
 def test_caption_many_reads_paths_and_reports_each_failure_in_place(two_workers: Captioner, photos: list[Path],

@@ -107,6 +107,7 @@ class _Prepared:
     image: np.ndarray | None  # the decoded image, when it is handed back
     chw: np.ndarray
     timings: dict[str, float]
+    options: DecodingOptions
 
 
 def _image_of(source: object) -> np.ndarray:
@@ -218,7 +219,9 @@ class Captioner:
 
     def caption_many(self, images: Iterable[T], options: DecodingOptions | None = None,
                      read: Callable[[T], np.ndarray] | None = None, keep_images: bool = False,
-                     stop: StopRequest | None = None, repeats: int = 1) -> Generator[Captioned[T], None, None]:
+                     stop: StopRequest | None = None, repeats: int = 1,
+                     options_of: Callable[[T], DecodingOptions] | None = None,
+                     ordered: bool = True) -> Generator[Captioned[T], None, None]:
         """Caption many images with every worker at once, yielding the results in input order.
 
         ``images`` are BGR arrays or image files (``Path``s, read with ``read_image``), or anything ``read``
@@ -228,7 +231,13 @@ class Captioner:
         a time, and ``images`` may be a lazy iterable. ``keep_images`` hands each decoded image back (to
         draw on), at the cost of keeping it until the next result is asked for. ``repeats`` captions each
         image that many times, read included, and gives every run's timings (a benchmark). Once ``stop``
-        is set (a Ctrl-C, utils/stopping.py), the results end early."""
+        is set (a Ctrl-C, utils/stopping.py), the results end early.
+
+        For a service's requests: ``options_of`` gives each item its own decoding options (in place of
+        ``options``), and ``ordered=False`` yields each result as soon as it is done, so that one slow
+        request holds back no other (``repeats`` must then be 1)."""
+        if not ordered and repeats != 1:
+            raise ValueError("caption_many: repeats needs the results in order (ordered=True)")
         options = options or DecodingOptions()
         as_image = read or _image_of
 
@@ -241,16 +250,18 @@ class Captioner:
             chw = preprocess(image)
             timings = {"read": 1e3 * (t1 - t0)} if image is not run[0] else {}
             timings["preprocess"] = 1e3 * (time.perf_counter() - t1)
-            return _Prepared(image if keep_images else None, chw, timings)
+            asked = options if options_of is None else options_of(run[0])
+            return _Prepared(image if keep_images else None, chw, timings, asked)
 
         def work_for(worker: _Worker) -> Callable[[_Prepared], tuple[np.ndarray | None, CaptionResult]]:
-            return lambda prepared: (prepared.image, self._caption(worker, prepared.chw, options, prepared.timings))
+            return lambda prepared: (prepared.image,
+                                     self._caption(worker, prepared.chw, prepared.options, prepared.timings))
 
         runs = ((source, run) for source in images for run in range(repeats))
         done_runs: list[dict[str, float]] = []
         error: CaptionError | None = None
         for done in ordered_map(runs, prepare, [work_for(w) for w in self._workers],
-                                readers=_readers(len(self._workers)), stop=stop):
+                                readers=_readers(len(self._workers)), stop=stop, ordered=ordered):
             source, run = done.item
             image, result = done.value if done.value is not None else (None, None)
             error = error or done.error

@@ -4,7 +4,8 @@ Reader threads take items in input order and prepare them (decode, preprocess); 
 per set of model sessions, do the heavy part; the caller's thread gets the results back in input order,
 whichever finished first. At most ``ahead`` items exist at once between being taken and being handed
 back, so memory depends on ``ahead`` and never on how many items there are. The threads spend their
-time in OpenCV and ONNX Runtime, which release the GIL.
+time in OpenCV and ONNX Runtime, which release the GIL. Unordered, each result is handed back as soon as
+it is done (a service's requests, where one slow item must not hold back the others).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class _Failure:
 
 def ordered_map(items: Iterable[T], prepare: Callable[[T], P], workers: Sequence[Callable[[P], R]],
                 readers: int = 1, ahead: int | None = None,
-                stop: StopRequest | None = None) -> Iterator[Finished[T, R]]:
-    """Yield ``workers[k](prepare(item))`` for every item, in input order.
+                stop: StopRequest | None = None, ordered: bool = True) -> Iterator[Finished[T, R]]:
+    """Yield ``workers[k](prepare(item))`` for every item, in input order (``ordered=False``: in the
+    order they finish; ``Finished.index`` still says which item each is).
 
     A CaptionError from ``prepare`` or a worker is that item's result (``Finished.error``) and the rest
     go on; any other exception is raised here when its item's turn comes. An item's slot is freed when
@@ -54,14 +56,16 @@ def ordered_map(items: Iterable[T], prepare: Callable[[T], P], workers: Sequence
     """
     if not workers:
         raise ValueError("ordered_map needs at least one worker")
-    run = _Pipeline(items, prepare, workers, max(1, readers), ahead or 2 * len(workers) + max(1, readers), stop)
+    run = _Pipeline(items, prepare, workers, max(1, readers), ahead or 2 * len(workers) + max(1, readers), stop,
+                    ordered)
     return run.results()
 
 
 class _Pipeline(Generic[T, P, R]):
     def __init__(self, items: Iterable[T], prepare: Callable[[T], P], workers: Sequence[Callable[[P], R]],
-                 readers: int, ahead: int, stop: StopRequest | None) -> None:
+                 readers: int, ahead: int, stop: StopRequest | None, ordered: bool = True) -> None:
         self._source = iter(items)
+        self._ordered = ordered
         self._prepare = prepare
         self._workers = list(workers)
         self._slots = threading.Semaphore(ahead)
@@ -101,12 +105,15 @@ class _Pipeline(Generic[T, P, R]):
                 join_unless_insisted(thread, self._asked)
 
     def _wait_for(self, index: int) -> Finished[T, R] | _Failure | None:
+        """Item ``index``'s result; unordered, the ``index``-th result to finish (the earliest delivered)."""
         with self._changed:
-            while index not in self._done:
+            while index not in self._done if self._ordered else not self._done:
                 if (self._total is not None and index >= self._total) or self._stop_asked():
                     return None
                 self._changed.wait(None if self._asked is None else _POLL_S)
-            return None if self._stop_asked() else self._done.pop(index)
+            if self._stop_asked():
+                return None
+            return self._done.pop(index if self._ordered else next(iter(self._done)))
 
     def _stop_asked(self) -> bool:
         return self._asked is not None and self._asked.is_set()

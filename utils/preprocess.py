@@ -60,13 +60,23 @@ def read_image(path: Path) -> np.ndarray:
     """Decode an image file to a BGR (or grey) array, 8- or 16-bit, EXIF orientation applied. Safe to
     call from several threads at once. libpng's warnings about harmless defects reach stderr unless the
     caller silences them (utils/stderr.py)."""
-    data = read_image_bytes(path)
+    return decode_image_bytes(read_image_bytes(path), str(path))
+
+
+def decode_image_bytes(data: np.ndarray, name: str) -> np.ndarray:
+    """Decode an image held in memory (a file's bytes, an upload; uint8, one dimension) as ``read_image``
+    decodes a file, with the same bounds: its size, its first bytes when it is large, the decoding limit.
+    ``name`` stands for it in the messages."""
+    if (problem := _size_problem(name, data.size)) is not None:
+        raise CaptionError(problem)
+    if data.size > SIGNATURE_CHECK_BYTES and not looks_like_image(data[:SIGNATURE_BYTES].tobytes()):
+        raise CaptionError(_not_an_image(name, data.size))
     try:
         image = cv2.imdecode(data, _READ_FLAGS)
     except cv2.error as exc:
-        raise CaptionError(_decode_failure(path, exc)) from None
+        raise CaptionError(_decode_failure(name, exc)) from None
     if image is None:
-        raise CaptionError(f"{path} is not an image OpenCV can decode (corrupt or unsupported format)")
+        raise CaptionError(f"{name} is not an image OpenCV can decode (corrupt or unsupported format)")
     return image
 
 
@@ -88,8 +98,7 @@ def read_image_bytes(path: Path) -> np.ndarray:
     try:
         size = _checked_size(path, os.fstat(fd))
         if size > SIGNATURE_CHECK_BYTES and not looks_like_image(os.pread(fd, SIGNATURE_BYTES, 0)):
-            raise CaptionError(f"{path} is not an image: {size / 2**20:.0f} MB that do not start like any "
-                               "image format OpenCV decodes")
+            raise CaptionError(_not_an_image(str(path), size))
         data = np.empty(size, np.uint8)
         with open(fd, "rb", buffering=0, closefd=False) as file:
             filled = _read_into(file, data.data)
@@ -112,13 +121,23 @@ def _read_into(file: io.RawIOBase, view: memoryview) -> int:
 def _checked_size(path: Path, st: os.stat_result) -> int:
     if not stat.S_ISREG(st.st_mode):
         raise CaptionError(f"{path} is not a regular file (a pipe, device or socket)")
-    if st.st_size == 0:
-        raise CaptionError(f"{path} is an empty file (0 bytes)")
-    limit = max_image_file_bytes()
-    if st.st_size > limit:
-        raise CaptionError(f"{path} is {st.st_size / 2**30:.1f} GB, more than an image of {decoding_limit() / 1e6:.0f} "
-                           f"megapixels can take ({limit / 2**30:.1f} GB); it is not read")
+    if (problem := _size_problem(str(path), st.st_size)) is not None:
+        raise CaptionError(problem)
     return st.st_size
+
+
+def _size_problem(name: str, size: int) -> str | None:
+    if size == 0:
+        return f"{name} is an empty file (0 bytes)"
+    limit = max_image_file_bytes()
+    if size > limit:
+        return (f"{name} is {size / 2**30:.1f} GB, more than an image of {decoding_limit() / 1e6:.0f} "
+                f"megapixels can take ({limit / 2**30:.1f} GB); it is not read")
+    return None
+
+
+def _not_an_image(name: str, size: int) -> str:
+    return f"{name} is not an image: {size / 2**20:.0f} MB that do not start like any image format OpenCV decodes"
 
 
 def looks_like_image(head: bytes) -> bool:
@@ -126,13 +145,13 @@ def looks_like_image(head: bytes) -> bool:
     return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"
 
 
-def _decode_failure(path: Path, exc: cv2.error) -> str:
+def _decode_failure(name: str, exc: cv2.error) -> str:
     if "MAX_IMAGE_PIXELS" in str(exc):
-        return (f"{path} is larger than {decoding_limit() / 1e6:.0f} megapixels, the most this program decodes; "
+        return (f"{name} is larger than {decoding_limit() / 1e6:.0f} megapixels, the most this program decodes; "
                 "shrink it first")
     if "MAX_IMAGE_WIDTH" in str(exc) or "MAX_IMAGE_HEIGHT" in str(exc):
-        return f"{path} is wider or taller than OpenCV decodes; shrink it first"
-    return f"{path} is not an image OpenCV can decode (corrupt or unsupported format)"
+        return f"{name} is wider or taller than OpenCV decodes; shrink it first"
+    return f"{name} is not an image OpenCV can decode (corrupt or unsupported format)"
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import replace
 import cv2
 
 from utils.captioner import CaptionerOptions
-from utils.cli import checkpoint, evaluation, general, video
+from utils.cli import checkpoint, evaluation, general, serve, video
 from utils.cli.parser import parse
 from utils.errors import CaptionError, UsageError, exception_chain
 from utils.images import run_images
@@ -87,6 +87,11 @@ def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
     if args.score_captions is not None:
         return evaluation.run_score_captions(args)
     options: CaptionerOptions = general.captioner_options(args)
+    if args.serve is not None:
+        if quiet_libraries:
+            with library_output_silenced():
+                return serve.run(args, options)
+        return serve.run(args, options)
     if args.video is not None:
         return run_video(video.job(args), options)
     options = replace(options, workers=general.workers(args))

@@ -1,0 +1,312 @@
+"""The HTTP application (FastAPI): its routes, the token check, CORS, and one JSON error shape,
+``{"error": "one line"}``, for every refusal (docs/service.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from utils.captioner import CaptionResult
+from utils.decoding.options import DecodingOptions
+from utils.errors import CaptionError
+from utils.records import CaptionRecord, as_json
+from utils.service import ollama
+from utils.service.caption_queue import CaptionQueue, ImageRefused, QueueFull
+from utils.service.options import ServiceOptions
+from utils.service.params import OptionError, decoding_options, openapi_parameters
+from utils.service.uploads import (
+    BodyLimits,
+    BodyReader,
+    ClientGone,
+    RequestError,
+    Upload,
+    UploadBudget,
+    content_kind,
+    file_name,
+    read_form_image,
+    read_raw,
+)
+from utils.stopping import StopRequest
+from utils.text import printable
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+OPEN_PATHS = frozenset({"/healthz"})  # answered without the token: a liveness probe has none
+# The page and its two files come from this program only; the camera's picture and the photos shown are
+# blob: URLs made in the page.
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+               "media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+               "frame-ancestors 'none'")
+_PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+               "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+               "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+
+
+class ServiceState:
+    """What the routes share: the options, the caption queue once the models are loaded, and whether the
+    service is stopping."""
+
+    def __init__(self, options: ServiceOptions) -> None:
+        self.options = options
+        self.queue: CaptionQueue | None = None
+        self.stopping = False
+        self.budget = UploadBudget(options.queue_size * options.max_upload_bytes)
+
+    def start(self, queue: CaptionQueue) -> None:
+        self.queue = queue
+
+    def close(self, stop: StopRequest | None = None) -> None:
+        self.stopping = True
+        if self.queue is not None:
+            self.queue.close(stop)
+
+    def ready_queue(self) -> CaptionQueue:
+        if self.queue is None:
+            raise RequestError(503, "the models are loading; retry in a few seconds", {"Retry-After": "2"})
+        if self.stopping:
+            raise RequestError(503, "the service is stopping", {"Connection": "close"})
+        return self.queue
+
+    async def caption(self, upload: Upload, options: DecodingOptions) -> CaptionResult:
+        """The upload's caption, through the shared queue, within the request time limit."""
+        queue = self.ready_queue()
+        try:
+            future: Future[CaptionResult] = queue.submit(upload.data, upload.name, options)
+        except QueueFull as exc:
+            raise RequestError(503, str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
+        limit = self.options.request_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), limit)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise RequestError(504, f"no caption within {limit:g} s (--request-timeout); the service is busy or "
+                                    "the decoding options ask for much work") from None
+        except ImageRefused as exc:
+            raise RequestError(422, printable(str(exc))) from None
+        except CaptionError as exc:
+            raise RequestError(500, printable(str(exc))) from None
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _answered(handler: Handler) -> Handler:
+    """Every way a route can end as one JSON answer: a refusal, a client gone, or a bug (one log line,
+    the traceback with --debug; never a traceback from the server)."""
+
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            return error_response(exc.status, exc.message, exc.headers)
+        except ClientGone:
+            return Response(status_code=400)  # nobody reads it
+        except Exception as exc:
+            logger.debug("%s", "".join(traceback.format_exception(exc)))
+            logger.error("internal error: %s: %s (run with --debug for details)", type(exc).__name__,
+                         printable(str(exc))[:200])
+            return error_response(500, f"internal error: {type(exc).__name__}")
+
+    route.__name__ = handler.__name__
+    route.__doc__ = handler.__doc__
+    return route
+
+
+class BearerToken:
+    """Every request but OPEN_PATHS needs ``Authorization: Bearer TOKEN``; compared in constant time
+    (digests of equal length, so not even the length leaks). Pure ASGI, so a refused request's body is
+    never read."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._digest = hashlib.sha256(token.encode("ascii")).digest()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(401, "this service needs a token: send 'Authorization: Bearer TOKEN'",
+                                  {"WWW-Authenticate": "Bearer", "Connection": "close"})
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        given = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(given) != 1:
+            return False
+        scheme, _, credentials = given[0].partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(hashlib.sha256(credentials.strip()).digest(), self._digest)
+
+
+class NoSniff:
+    """``X-Content-Type-Options: nosniff`` on every answer: a browser takes each as the type it says."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_marked if scope["type"] == "http" else send)
+
+
+def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    words = {400: "a malformed request", 401: "no token or a wrong one (with --token)",
+             408: "the body did not arrive in time (--client-timeout)", 413: "the body is over --max-upload-mb",
+             415: "not multipart/form-data nor image/*", 422: "a bad option, or not an image this program decodes",
+             503: "loading, stopping, or the queue is full (Retry-After says when to retry)",
+             504: "no caption within --request-timeout"}
+    schema = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+    return {code: {"description": words[code], "content": {"application/json": {"schema": schema}}} for code in codes}
+
+
+def create_app(state: ServiceState) -> FastAPI:
+    """The application; ``state`` gets its queue once the models are loaded."""
+    options = state.options
+    pages = {path: ((STATIC / name).read_bytes(), kind) for path, (name, kind) in _PAGE_FILES.items()}
+    # Swagger UI and ReDoc (/docs, /redoc) load their scripts from a CDN: off. /openapi.json stays.
+    app = FastAPI(title="Image captioning service", version="1", docs_url=None, redoc_url=None,
+                  description="Captions for photos (docs/service.md). With --token, every route but /healthz "
+                              "needs 'Authorization: Bearer TOKEN'. Errors are {\"error\": \"one line\"}.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        return error_response(422, printable(str(exc))[:300])
+
+    @app.get("/healthz", summary="200 once the models are loaded, 503 before", responses=_error_responses(503))
+    @_answered
+    async def healthz(_request: Request) -> Response:
+        if state.queue is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", summary="200 while new requests are taken; 503 while loading, stopping or full",
+             responses=_error_responses(503))
+    @_answered
+    async def readyz(_request: Request) -> Response:
+        queue = state.queue
+        if queue is None or state.stopping:
+            return JSONResponse({"status": "loading" if queue is None else "stopping"}, status_code=503)
+        body = {"status": "full" if queue.full else "ready", "pending": queue.pending, "capacity": queue.capacity,
+                "workers": queue.captioner.workers}
+        return JSONResponse(body, status_code=503 if queue.full else 200)
+
+    limits = BodyLimits(options.max_upload_bytes, options.client_timeout_s)
+
+    @app.post("/v1/captions", summary="Caption one photo", responses=_error_responses(400, 401, 408, 413, 415, 422,
+                                                                                    503, 504),
+              openapi_extra={
+                  "parameters": openapi_parameters(options.decoding),
+                  "requestBody": {"required": True, "content": {
+                      "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                          "image": {"type": "string", "format": "binary"}}}},
+                      "image/*": {"schema": {"type": "string", "format": "binary"}}}},
+              })
+    @_answered
+    async def captions(request: Request) -> Response:
+        """The photo as the form field ``image`` or as the body (``image/*``); the answer is the JSON
+        record ``--json`` prints for it (docs/output.md#json-output), its ``input`` the upload's name."""
+        deadline = asyncio.get_running_loop().time() + options.client_timeout_s
+        queue = state.ready_queue()
+        try:
+            decoding = decoding_options(request.query_params.multi_items(), options.decoding)
+        except OptionError as exc:
+            raise RequestError(422, str(exc)) from None
+        if queue.full:  # before the body is read: the client need not send it
+            raise RequestError(503, "the queue is full (--queue-size); retry later",
+                               {"Retry-After": str(queue.retry_after_s()), "Connection": "close"})
+        kind, params = content_kind(request.headers.get("content-type"))
+        if kind != "multipart/form-data" and not kind.startswith("image/"):
+            raise RequestError(415, f"send the photo as multipart/form-data (field 'image') or as the body with "
+                                    f"an image/* Content-Type, not {printable(kind[:80]) or 'no Content-Type'}",
+                               {"Connection": "close"})
+        reader = BodyReader(request.receive, dict(request.headers), limits, state.budget, deadline)
+        try:
+            if kind == "multipart/form-data":
+                if not (boundary := params.get(b"boundary")):
+                    raise RequestError(400, "the multipart Content-Type has no boundary", {"Connection": "close"})
+                upload = await read_form_image(reader.chunks(), boundary)
+            else:
+                _, disposition = content_kind(request.headers.get("content-disposition"))
+                raw_name = disposition.get(b"filename")
+                upload = Upload(await read_raw(reader.chunks()),
+                                file_name(raw_name.decode("utf-8", "replace") if raw_name else None))
+        finally:
+            reader.release()
+        result = await state.caption(upload, decoding)
+        return JSONResponse(as_json(CaptionRecord(upload.name, result)))
+
+    @app.post("/api/generate", summary="Ollama's /api/generate, the subset that captions one image",
+              responses=_error_responses(400, 401, 408, 413, 422, 503, 504),
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "object", "required": ["model", "images"], "properties": {
+                      "model": {"type": "string"}, "images": {"type": "array", "items": {"type": "string"},
+                                                              "minItems": 1, "maxItems": 1},
+                      "stream": {"type": "boolean", "default": True}, "prompt": {"type": "string"}}}}}}})
+    @_answered
+    async def generate(request: Request) -> Response:
+        """Ollama's shapes (docs/service.md#ollama-compatible-endpoint): the caption in ``response``."""
+        started = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + options.client_timeout_s
+        state.ready_queue()
+        reader = BodyReader(request.receive, dict(request.headers),
+                            BodyLimits(ollama.max_body_bytes(options.max_upload_bytes), options.client_timeout_s),
+                            state.budget, deadline)
+        try:
+            body = await read_raw(reader.chunks())
+        finally:
+            reader.release()
+        asked = ollama.parse_request(body)
+        result = await state.caption(asked.image, options.decoding)
+        answers = ollama.responses(asked, result, time.perf_counter() - started)
+        if not asked.stream:
+            return JSONResponse(answers[0])
+        lines = "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
+        return Response(lines, media_type="application/x-ndjson")
+
+    for path, (content, kind) in pages.items():
+        app.add_api_route(path, _page(content, kind), methods=["GET", "HEAD"], include_in_schema=False)
+
+    app.add_middleware(NoSniff)
+    if options.token is not None:
+        app.add_middleware(BearerToken, token=options.token)
+    if options.cors_origins:  # outermost: a browser's preflight carries no token
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Content-Disposition"], max_age=600)
+    return app
+
+
+def _page(content: bytes, kind: str) -> Handler:
+    async def page(_request: Request) -> Response:
+        return Response(content, media_type=kind,
+                        headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"})
+
+    return page
