@@ -60,13 +60,34 @@ def read_image(path: Path) -> np.ndarray:
     """Decode an image file to a BGR (or grey) array, 8- or 16-bit, EXIF orientation applied. Safe to
     call from several threads at once. libpng's warnings about harmless defects reach stderr unless the
     caller silences them (utils/stderr.py)."""
-    data = read_image_bytes(path)
+    return _decode(read_image_bytes(path), path)
+
+
+def decode_image(data: bytes | np.ndarray, name: str) -> np.ndarray:
+    """An image file's bytes (read by someone else: Ray Data, a web upload) decoded exactly as
+    ``read_image`` decodes the file, after the same checks of its size and first bytes; ``name`` is what
+    messages call it."""
+    size = len(data)
+    if size == 0:
+        raise CaptionError(f"{name} is an empty file (0 bytes)")
+    limit = max_image_file_bytes()
+    if size > limit:
+        raise CaptionError(f"{name} is {size / 2**30:.1f} GB, more than an image of {decoding_limit() / 1e6:.0f} "
+                           f"megapixels can take ({limit / 2**30:.1f} GB); it is not decoded")
+    array = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray | memoryview) else data
+    if size > SIGNATURE_CHECK_BYTES and not looks_like_image(array[:SIGNATURE_BYTES].tobytes()):
+        raise CaptionError(f"{name} is not an image: {size / 2**20:.0f} MB that do not start like any "
+                           "image format OpenCV decodes")
+    return _decode(array, name)
+
+
+def _decode(data: np.ndarray, name: str | Path) -> np.ndarray:
     try:
         image = cv2.imdecode(data, _READ_FLAGS)
     except cv2.error as exc:
-        raise CaptionError(_decode_failure(path, exc)) from None
+        raise CaptionError(_decode_failure(name, exc)) from None
     if image is None:
-        raise CaptionError(f"{path} is not an image OpenCV can decode (corrupt or unsupported format)")
+        raise CaptionError(f"{name} is not an image OpenCV can decode (corrupt or unsupported format)")
     return image
 
 
@@ -126,7 +147,7 @@ def looks_like_image(head: bytes) -> bool:
     return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[4:8] == b"ftyp"
 
 
-def _decode_failure(path: Path, exc: cv2.error) -> str:
+def _decode_failure(path: str | Path, exc: cv2.error) -> str:
     if "MAX_IMAGE_PIXELS" in str(exc):
         return (f"{path} is larger than {decoding_limit() / 1e6:.0f} megapixels, the most this program decodes; "
                 "shrink it first")

@@ -14,10 +14,11 @@ from dataclasses import replace
 import cv2
 
 from utils.captioner import CaptionerOptions
-from utils.cli import checkpoint, general, video
+from utils.cli import checkpoint, general, ray, video
 from utils.cli.parser import parse
 from utils.errors import CaptionError, exception_chain
 from utils.images import run_images
+from utils.ray_images import run_ray
 from utils.runtime import ailia_environments
 from utils.stderr import library_output_silenced, own_stderr
 from utils.stopping import MESSAGE, exit_status, program_work, signum_of
@@ -84,6 +85,8 @@ def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
     options: CaptionerOptions = general.captioner_options(args)
     if args.video is not None:
         return run_video(video.job(args), options)
+    if args.ray is not None:
+        return run_ray(ray.job(args), options)
     options = replace(options, workers=general.workers(args))
     if quiet_libraries:
         with library_output_silenced():

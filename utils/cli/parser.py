@@ -8,12 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models import default_model_dir, imported_names
-from utils.cli import checkpoint, decoding, general, metadata, video
+from utils.cli import checkpoint, decoding, general, metadata, ray, resume, video
 
 # Each group's own rules, in the order they are reported; then, knowing the model folder, the model's.
 UsageCheck = Callable[[argparse.Namespace], "str | None"]
 USAGE_CHECKS: tuple[UsageCheck, ...] = (video.usage_error, general.usage_error, decoding.usage_error,
-                                        checkpoint.usage_error, metadata.usage_error)
+                                        checkpoint.usage_error, metadata.usage_error, resume.usage_error,
+                                        ray.usage_error)
 
 
 def build_parser(model_dir: Path | None = None) -> argparse.ArgumentParser:
@@ -27,6 +28,8 @@ def build_parser(model_dir: Path | None = None) -> argparse.ArgumentParser:
     metadata.add_arguments(p)
     decoding.add_arguments(p)
     checkpoint.add_arguments(p)
+    resume.add_arguments(p)
+    ray.add_arguments(p)
     return p
 
 
