@@ -6,6 +6,11 @@ class CaptionError(Exception):
     """A problem the user can act on; its message names the problem and what to do."""
 
 
+class UsageError(CaptionError):
+    """A command line that cannot work, found only once the files it names are looked at (a --resume
+    file that is not this program's): exit status 2, as for the flags' own usage errors."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (libraries' messages run to several), or its type."""
     text = str(error).strip()

@@ -16,7 +16,7 @@ import cv2
 from utils.captioner import CaptionerOptions
 from utils.cli import checkpoint, general, ray, video
 from utils.cli.parser import parse
-from utils.errors import CaptionError, exception_chain
+from utils.errors import CaptionError, UsageError, exception_chain
 from utils.images import run_images
 from utils.ray_images import run_ray
 from utils.runtime import ailia_environments
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None, standalone: bool = False) -> int:
         # Control characters (a newline in a file name) are escaped, but a message's own lines stay lines:
         # the --offline message lists each missing file on a line of its own.
         logger.error("%s", "\n".join(printable(line) for line in str(exc).split("\n")))
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt as exc:
         logger.error(MESSAGE)
         return exit_status(signum_of(exc))
