@@ -100,7 +100,7 @@ def test_killed_at_several_points_and_resumed_records_every_input_once(run_cli: 
     captions = tmp_path / f"captions.{ext}"
     command: list[str | Path] = ["-i", tmp_path / "photos", "--captions-file", captions, "--resume",
                                  *flags(models)]
-    segments = []  # how many records each killed run left: each run's own records are in input order
+    segments: list[int] = []  # how many records each killed run left: each run's own records are in input order
     for count in (0, 8, 30):
         killed_after(command, tmp_path, lambda: captions, count)
         got = records(captions)
@@ -111,7 +111,8 @@ def test_killed_at_several_points_and_resumed_records_every_input_once(run_cli: 
     done = run_cli(*command)
     assert done.returncode == 0, done.stderr
     got = records(captions)
-    assert sorted(r["input"] for r in got) == sorted(want) and len(got) == PHOTOS  # each input exactly once
+    names = sorted(str(r["input"]) for r in got)
+    assert names == sorted(map(str, want)) and len(got) == PHOTOS  # each input exactly once
     assert {r["input"]: r["caption"] for r in got} == want and all(r["error"] is None for r in got)
     bounds = [0, *segments, len(got)]
     assert all(in_input_order([r["input"] for r in got[a:b]]) for a, b in zip(bounds, bounds[1:], strict=False))
