@@ -111,8 +111,8 @@ def test_killed_at_several_points_and_resumed_records_every_input_once(run_cli: 
     done = run_cli(*command)
     assert done.returncode == 0, done.stderr
     got = records(captions)
-    names = sorted(str(r["input"]) for r in got)
-    assert names == sorted(map(str, want)) and len(got) == PHOTOS  # each input exactly once
+    inputs = sorted(str(r["input"]) for r in got)
+    assert inputs == sorted(map(str, want)) and len(got) == PHOTOS  # each input exactly once
     assert {r["input"]: r["caption"] for r in got} == want and all(r["error"] is None for r in got)
     bounds = [0, *segments, len(got)]
     assert all(in_input_order([r["input"] for r in got[a:b]]) for a, b in zip(bounds, bounds[1:], strict=False))
