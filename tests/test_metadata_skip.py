@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import subprocess
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -19,7 +21,9 @@ from tests.conftest import RunCli
 from tests.reference import imread
 from tests.test_metadata import XMP_DESC, read_json
 from utils.errors import CaptionError
-from utils.metadata import require_exiftool
+from utils.metadata import MetadataOptions, require_exiftool
+from utils.metadata.alt_text import described_photos
+from utils.metadata.exiftool import ExifTool
 
 RUN = ("--offline", "--onnx", "--beam-size", "1")
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "chelsea.png"
@@ -121,3 +125,51 @@ def test_nothing_is_skipped_when_every_photo_needs_its_caption(run_cli: RunCli, 
     first = json.loads(proc.stdout.splitlines()[0])
     assert first["caption"]  # captioned: an overwrite writes it, an annotated copy draws it
     assert first["metadata"]["action"] == ("written" if flag == "--overwrite-metadata" else "kept")
+
+
+def test_a_photo_exiftool_cannot_read_fails_alone(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
+    """The descriptions are read many photos per ExifTool command: a photo in that command that ExifTool
+    cannot read is captioned as usual (and fails on its own), and the others are what they would be."""
+    photos = photos_in(tmp_path / "photos", 3)
+    broken = tmp_path / "photos" / "photo1b.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 neither a JPEG nor anything ExifTool reads")
+    described(photos[1], "written by hand")
+    undecodable(photos[1])
+    plain = run_cli("-i", photos[0], photos[2], "--json", "--model-dir", models, *RUN)
+    want = [json.loads(line)["caption"] for line in plain.stdout.splitlines()]
+    proc = run_cli("-i", tmp_path / "photos", "--write-metadata", "--json", "--model-dir", models, *RUN)
+    assert proc.returncode == 1 and proc.stderr == ""
+    first, kept, failed, last = (json.loads(line) for line in proc.stdout.splitlines())
+    assert kept["caption"] is None and kept["metadata"]["action"] == "kept"
+    assert failed == {"input": str(broken), "caption": None, "error": failed["error"]}
+    assert [first["caption"], last["caption"]] == want  # the photos around it are captioned as without it
+    assert first["metadata"]["action"] == last["metadata"]["action"] == "written"
+    assert read_json(photos[2])[XMP_DESC] == want[1]
+
+
+def test_descriptions_are_read_in_chunks_and_a_chunk_exiftool_fails_is_captioned(tmp_path: Path) -> None:
+    photos = photos_in(tmp_path / "photos", 5)
+    for photo in photos[::2]:
+        described(photo, f"the {photo.stem}")
+    (tmp_path / "photos" / "photo1.png").write_bytes(b"not a PNG")
+    options = MetadataOptions(sidecar=False, overwrite=False, dry_run=False)
+    found = described_photos(photos, options, chunk=2)
+    assert {p: r.existing for p, r in found.items()} == {p: f"the {p.stem}" for p in photos[::2]}
+    assert all(r.action == "kept" and r.target == p for p, r in found.items())
+    assert described_photos(photos, replace(options, overwrite=True)) == {}
+
+    class Stopped(ExifTool):
+        """An ExifTool that fails the second command it is given (it crashed, or answered nonsense)."""
+
+        calls = 0
+
+        def read_many(self, paths: Sequence[Path], tags: Sequence[str], allowance: float = 0.0
+                      ) -> dict[str, dict[str, str]]:
+            Stopped.calls += 1
+            if Stopped.calls == 2:
+                raise CaptionError("ExifTool stopped")
+            return super().read_many(paths, tags, allowance)
+
+    with Stopped() as tool:
+        found = described_photos(photos, options, exiftool=tool, chunk=2)
+    assert sorted(found) == [photos[0], photos[4]]  # photos 2 and 3 are captioned and written as usual
