@@ -68,7 +68,8 @@ def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdou
                 if writer.reader_gone and job.savepath is None:
                     break  # nobody reads the captions and nothing is saved: the rest would be wasted work
         if stop.is_set():
-            # The captions file is not committed: the run did not finish (the block ends by this raise).
+            # The captions file is not committed: the run did not finish (the block ends by this raise);
+            # with --resume it keeps the records written so far, and the next run goes on from them.
             raise Interrupted(stop.signum)
         reports = tuple(report for step in steps if (report := step.finish()) is not None)
         writer.end(RunSummary(model=captioner.model if captioner else "",
