@@ -226,7 +226,11 @@ def test_a_second_run_on_the_same_file_is_refused_while_the_first_appends(run_cl
     try:
         while complete_records(captions) < 2 and first.poll() is None:
             time.sleep(0.005)
-        second = run_cli(*command)
+        first.send_signal(signal.SIGSTOP)  # paused mid-run, the file open and locked: however slow the second is
+        try:
+            second = run_cli(*command)
+        finally:
+            first.send_signal(signal.SIGCONT)
         assert first.wait(timeout=120) == 0
     finally:
         if first.poll() is None:
