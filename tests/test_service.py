@@ -459,6 +459,8 @@ def _answers(service: Service) -> bool:
     (["--serve", "8000", "--captions-file", "c.csv"], "--captions-file"),
     (["--serve", "8000", "--references", "refs.json"], "--serve cannot be used with --references"),
     (["--serve", "8000", "--score-captions", "c.jsonl", "--references", "r.json"], "--score-captions"),
+    (["--serve", "8000", "--resume"], "--serve cannot be used with --resume"),
+    (["--serve", "8000", "--ray"], "--serve cannot be used with --ray"),
     (["--serve", "8000", "--token", "two words"], "--token: the token must be printable ASCII"),
     (["--serve", "8000", "--cors-origin", "photos.test"], "--cors-origin: 'photos.test' is not an origin"),
     (["--token", "x", "--queue-size", "3"], "--token, --queue-size only apply to --serve"),

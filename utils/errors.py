@@ -24,4 +24,5 @@ def exception_chain(error: BaseException) -> list[BaseException]:
 
 class UsageError(CaptionError):
     """A command line that cannot work, found only once a file it names was read (a malformed references
-    file): reported like argparse's usage errors, with exit status 2, before any model loads."""
+    file, a --resume file that is not this program's): reported like argparse's usage errors, with exit
+    status 2, before any model loads."""

@@ -16,6 +16,7 @@ class ImageJob:
     savepath: Path | None = None  # the annotated copies (utils/steps/save.py)
     format: str = "text"  # a name in utils.output.formats.FORMATS
     captions_file: Path | None = None  # also write the records here, in its extension's format
+    resume: bool = False  # append to captions_file as inputs finish, skipping the inputs it records as done
     benchmark_count: int = 0  # 0: no benchmark; N: caption each image N times and report timings
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     metadata: MetadataOptions | None = None  # write each caption into its photo's metadata (or a sidecar)

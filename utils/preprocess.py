@@ -63,10 +63,12 @@ def read_image(path: Path) -> np.ndarray:
     return decode_image_bytes(read_image_bytes(path), str(path))
 
 
-def decode_image_bytes(data: np.ndarray, name: str) -> np.ndarray:
-    """Decode an image held in memory (a file's bytes, an upload; uint8, one dimension) as ``read_image``
-    decodes a file, with the same bounds: its size, its first bytes when it is large, the decoding limit.
-    ``name`` stands for it in the messages."""
+def decode_image_bytes(data: bytes | np.ndarray, name: str) -> np.ndarray:
+    """Decode an image held in memory (a file's bytes read by someone else: an upload, Ray Data; uint8,
+    one dimension) as ``read_image`` decodes a file, with the same bounds: its size, its first bytes when
+    it is large, the decoding limit. ``name`` stands for it in the messages."""
+    if not isinstance(data, np.ndarray):
+        data = np.frombuffer(data, np.uint8)
     if (problem := _size_problem(name, data.size)) is not None:
         raise CaptionError(problem)
     if data.size > SIGNATURE_CHECK_BYTES and not looks_like_image(data[:SIGNATURE_BYTES].tobytes()):

@@ -103,6 +103,8 @@ def as_json(record: CaptionRecord) -> dict[str, Any]:
         else {"time": round(record.video.time, 3), "frame": record.video.frame}
     )
     if record.result is None:
+        if record.error is None:  # skipped by its steps (a photo described already): their sections say why
+            return {**where, "caption": None, **{section.key: section.json() for section in record.sections}}
         return {**where, "caption": None, "error": record.error}
     result = record.result
     out: dict[str, Any] = {

@@ -82,6 +82,8 @@ def model_usage_error(args: argparse.Namespace, model_dir: Path) -> str | None:
 
 
 def _format_error(args: argparse.Namespace) -> str | None:
+    if args.ray is not None:
+        return None  # --ray writes files of its own kinds (utils/cli/ray.py)
     mode = "video" if args.video is not None else "images"
     modes = FORMATS[args.format].modes
     if mode in modes:
@@ -118,6 +120,7 @@ def image_job(args: argparse.Namespace) -> ImageJob:
         savepath=args.savepath,
         format=args.format,
         captions_file=args.captions_file,
+        resume=args.resume,
         benchmark_count=args.benchmark_count if args.benchmark else 0,
         decoding=decoding.options(args),
         metadata=metadata.options(args),

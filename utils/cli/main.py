@@ -14,10 +14,11 @@ from dataclasses import replace
 import cv2
 
 from utils.captioner import CaptionerOptions
-from utils.cli import checkpoint, evaluation, general, serve, video
+from utils.cli import checkpoint, evaluation, general, ray, serve, video
 from utils.cli.parser import parse
 from utils.errors import CaptionError, UsageError, exception_chain
 from utils.images import run_images
+from utils.ray_images import run_ray
 from utils.runtime import ailia_environments
 from utils.stderr import library_output_silenced, own_stderr
 from utils.stopping import MESSAGE, exit_status, program_work, signum_of
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None, standalone: bool = False) -> int:
         # Control characters (a newline in a file name) are escaped, but a message's own lines stay lines:
         # the --offline message lists each missing file on a line of its own.
         logger.error("%s", "\n".join(printable(line) for line in str(exc).split("\n")))
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt as exc:
         logger.error(MESSAGE)
         return exit_status(signum_of(exc))
@@ -94,6 +95,8 @@ def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
         return serve.run(args, options)
     if args.video is not None:
         return run_video(video.job(args), options)
+    if args.ray is not None:
+        return run_ray(ray.job(args), options)
     options = replace(options, workers=general.workers(args))
     if quiet_libraries:
         with library_output_silenced():

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models import default_model_dir, imported_names
-from utils.cli import checkpoint, decoding, evaluation, general, metadata, serve, video
+from utils.cli import checkpoint, decoding, evaluation, general, metadata, ray, resume, serve, video
 
 # Each group's own rules, in the order they are reported; then, knowing the model folder, the model's.
 UsageCheck = Callable[[argparse.Namespace], "str | None"]
 USAGE_CHECKS: tuple[UsageCheck, ...] = (serve.usage_error, video.usage_error, general.usage_error,
                                         decoding.usage_error, checkpoint.usage_error, metadata.usage_error,
-                                        evaluation.usage_error)
+                                        evaluation.usage_error, resume.usage_error, ray.usage_error)
 
 
 def build_parser(model_dir: Path | None = None) -> argparse.ArgumentParser:
@@ -30,6 +30,8 @@ def build_parser(model_dir: Path | None = None) -> argparse.ArgumentParser:
     checkpoint.add_arguments(p)
     evaluation.add_arguments(p)
     serve.add_arguments(p)
+    resume.add_arguments(p)
+    ray.add_arguments(p)
     return p
 
 

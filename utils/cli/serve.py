@@ -84,7 +84,8 @@ def usage_error(args: argparse.Namespace) -> str | None:
         ("--format/--json", args.format != "text"), ("-b/--benchmark", args.benchmark),
         ("--write-metadata", args.write_metadata), ("--metadata-sidecar", args.metadata_sidecar),
         ("--import-checkpoint", args.import_checkpoint is not None),
-        ("--references", args.references is not None), ("--score-captions", args.score_captions is not None)) if on]
+        ("--references", args.references is not None), ("--score-captions", args.score_captions is not None),
+        ("--resume", args.resume), ("--ray", args.ray is not None)) if on]
     if modes:
         return f"--serve cannot be used with {', '.join(modes)}: the service takes photos over HTTP and answers JSON"
     secret = token(args)

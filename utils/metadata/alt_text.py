@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,11 @@ IPTC_MAX_BYTES = 2000  # Caption-Abstract's limit in the IIM standard
 # Writing copies the whole photo, so its time-out grows by a second per 10 MB: a 2 GB scan on a slow USB
 # disk or a 100 Mbit/s share is then not taken for a hung ExifTool.
 COPY_BYTES_PER_S = 10_000_000
+# Photos whose descriptions one ExifTool command reads before captioning (described_photos): a command
+# line of a few hundred names, and an answer of a few hundred small JSON records, far below ExifTool's
+# bounded answer (exiftool.py); each file adds a little to the command's time-out for a slow disk.
+DESCRIBED_CHUNK = 250
+READ_S_PER_FILE = 0.1
 # Letters and signs that have no ASCII form by decomposition, spelled as ASCII (for EXIF).
 ASCII_SPELLING = {"ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "ł": "l", "Ł": "L",
                   "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "Th", "ı": "i", "‘": "'", "’": "'",
@@ -126,6 +132,77 @@ def existing_description(tags: dict[str, str]) -> str | None:
         if value.strip():
             return value
     return None
+
+
+def described_photos(photos: Sequence[Path], options: MetadataOptions, exiftool: ExifTool | None = None,
+                     chunk: int = DESCRIBED_CHUNK) -> dict[Path, MetadataResult]:
+    """The photos that ``MetadataWriter.write`` would leave as they are because they are described
+    already, found before any is captioned: ExifTool reads the descriptions of ``chunk`` files per
+    command. Each answer is what ``write`` would give ("kept"). A photo this cannot tell about (ExifTool
+    could not read it, or stopped) is not in the answer: it is captioned and written as usual, and the
+    write finds out. Nothing is kept with ``options.overwrite``."""
+    if options.overwrite or not photos:
+        return {}
+    tool = exiftool if exiftool is not None else ExifTool()
+    found: dict[Path, MetadataResult] = {}
+    try:
+        for start in range(0, len(photos), chunk):
+            part = [p for p in photos[start:start + chunk] if p.is_file()]
+            try:
+                found.update(_sidecars_described(tool, part) if options.sidecar else _photos_described(tool, part))
+            except CaptionError as exc:  # ExifTool stopped or answered nonsense: these photos are captioned
+                logger.debug("descriptions of %d photos not read before captioning: %s", len(part), exc)
+    finally:
+        if exiftool is None:
+            tool.close()
+    return found
+
+
+def _photos_described(tool: ExifTool, photos: list[Path]) -> dict[Path, MetadataResult]:
+    """What ``_write_embedded`` keeps: a format written into, with a description in it."""
+    real = {photo: Path(os.path.realpath(photo)) for photo in photos}
+    tags = tool.read_many(list(dict.fromkeys(real.values())), ("File:FileType", MIME_TYPE, *DESCRIPTION_TAGS),
+                          allowance=READ_S_PER_FILE * len(photos))
+    found = {}
+    for photo, path in real.items():
+        read = tags.get(absolute(path))
+        if read is not None and read.get(MIME_TYPE, "") in PHOTO_FORMATS \
+                and (existing := existing_description(read)) is not None:
+            found[photo] = MetadataResult("kept", photo, (), existing)
+    return found
+
+
+def _sidecars_described(tool: ExifTool, photos: list[Path]) -> dict[Path, MetadataResult]:
+    """What ``_write_sidecar`` keeps: a sidecar (a regular file, never a link) with a description, or
+    else a photo with one."""
+    sidecars = {photo: sidecar_path(photo) for photo in photos}
+    regular = [side for side in sidecars.values() if os.path.lexists(side) and _is_regular(side)]
+    linked = {photo for photo, side in sidecars.items() if os.path.lexists(side) and not _is_regular(side)}
+    in_sidecars = tool.read_many(regular, XMP_FIELDS, allowance=READ_S_PER_FILE * len(regular)) if regular else {}
+    found = {}
+    rest = []
+    for photo, side in sidecars.items():
+        if photo in linked:
+            continue  # the write refuses a link at the sidecar's name; it says so
+        read = in_sidecars.get(absolute(side))
+        if read is not None and (existing := existing_description(read)) is not None:
+            found[photo] = MetadataResult("kept", side, (), existing)
+        elif side.exists() and read is None:
+            continue  # a sidecar ExifTool could not read: the write says why
+        else:
+            rest.append(photo)
+    real = {photo: Path(os.path.realpath(photo)) for photo in rest}
+    tags = tool.read_many(list(dict.fromkeys(real.values())), DESCRIPTION_TAGS,
+                          allowance=READ_S_PER_FILE * len(rest)) if rest else {}
+    for photo, path in real.items():
+        read = tags.get(absolute(path))
+        if read is not None and (existing := existing_description(read)) is not None:
+            found[photo] = MetadataResult("kept", sidecars[photo], (), existing)
+    return found
+
+
+def _is_regular(path: Path) -> bool:
+    return not path.is_symlink() and path.is_file()
 
 
 def assignments(fields: tuple[str, ...], caption: str) -> dict[str, str]:

@@ -292,6 +292,26 @@ class ExifTool:
         wanted = {t.lower(): t for t in tags}
         return {wanted[k.lower()]: str(v) for k, v in record.items() if k.lower() in wanted}
 
+    def read_many(self, paths: Sequence[Path], tags: Sequence[str],
+                  allowance: float = 0.0) -> dict[str, dict[str, str]]:
+        """``tags`` of several files in one command, keyed by each file's absolute path as ``absolute``
+        gives it; a file ExifTool could not read, or whose record names it otherwise, is left out."""
+        names = [absolute(path) for path in paths]
+        reply = self.execute("-j", "-G1", "-a", *(f"-{t}" for t in tags), *names, allowance=allowance)
+        try:
+            records = parse_json(reply.stdout)
+        except ValueError as exc:
+            raise CaptionError(f"cannot read the metadata of {len(names)} files: ExifTool's answer is not "
+                               "JSON") from exc
+        wanted = {t.lower(): t for t in tags}
+        asked = set(names)
+        found: dict[str, dict[str, str]] = {}
+        for record in records:
+            source = record.get("SourceFile") if isinstance(record, dict) else None
+            if isinstance(source, str) and source in asked and "ExifTool:Error" not in record:
+                found[source] = {wanted[k.lower()]: str(v) for k, v in record.items() if k.lower() in wanted}
+        return found
+
     def kill(self) -> None:
         process, self._process = self._process, None
         if process is None:

@@ -2,7 +2,8 @@
 
 stdout keeps ``--format``; the file gets the format of its extension (``EXTENSIONS``). The file is
 written to a hidden temporary file beside it and renamed when the run ends (the end of the input, q,
-the first Ctrl-C); an error or a second Ctrl-C removes the temporary file and leaves nothing.
+the first Ctrl-C); an error or a second Ctrl-C removes the temporary file and leaves nothing. With
+--resume it is appended to as each input finishes instead (utils/output/resume.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from utils.errors import CaptionError
 from utils.files.atomic import commit, create_temp_beside
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
 from utils.output.formats import FORMATS, Mode, ResultWriter, Tee, make_writer
+from utils.output.resume import Resumable, appending
 
 OPTION = "--captions-file"
 EXTENSIONS = {".vtt": "vtt", ".srt": "srt", ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json",
               ".txt": "text"}
+RAY_EXTENSIONS = (".parquet",)  # a columnar file for the --ray mode's millions of rows (utils/ray_images.py)
 
 
 def file_format(path: Path) -> str | None:
@@ -33,6 +36,8 @@ def captions_file_usage_error(path: Path | None, mode: Mode) -> str | None:
     if path is None:
         return None
     name = file_format(path)
+    if path.suffix.lower() in RAY_EXTENSIONS and name is None:
+        return f"{OPTION} {path}: {path.suffix} is written with --ray only; use one of {' '.join(EXTENSIONS)}"
     if name is None:
         known = " ".join(EXTENSIONS)
         return f"{OPTION} {path}: unknown extension {path.suffix or '(none)'!r}; use one of {known}"
@@ -51,12 +56,19 @@ def check_captions_file(path: Path, inputs: list[Path]) -> None:
 
 
 @contextmanager
-def open_writers(format_name: str, out: TextIO | None, captions_file: Path | None) -> Iterator[ResultWriter]:
+def open_writers(format_name: str, out: TextIO | None, captions_file: Path | None,
+                 resumable: Resumable | None = None, retried: set[str] | None = None) -> Iterator[ResultWriter]:
     """The writer for stdout in ``format_name``, and with ``captions_file`` also one for that file (in its
-    extension's format), together; the file is committed when the block ends normally, removed otherwise."""
+    extension's format), together; the file is committed when the block ends normally, removed otherwise.
+    With ``resumable`` (--resume) the file is appended to instead, record by record, and kept however
+    the block ends (utils/output/resume.py); ``retried``: the inputs whose failed records it drops."""
     stdout = make_writer(format_name, out)
     if captions_file is None:
         yield stdout
+        return
+    if resumable is not None:
+        with appending(resumable, retried or set()) as copy:
+            yield Tee([stdout, copy])
         return
     name = file_format(captions_file)
     if name is None:

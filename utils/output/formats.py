@@ -100,8 +100,10 @@ class TextWriter(ResultWriter):
 
     def write(self, record: CaptionRecord) -> None:
         if record.result is None:
-            if not self.quiet:
-                logger.error("%s", printable(record.error or ""))
+            if record.error is None:  # not captioned, and rightly so (a step skipped it): its notes say why
+                self._emit("\n".join(note for section in record.sections if (note := section.note()) is not None))
+            elif not self.quiet:
+                logger.error("%s", printable(record.error))
             return
         caption = printable(record.result.caption)
         if record.video is not None:
@@ -222,10 +224,13 @@ class CsvWriter(ResultWriter):
     name = "csv"
     dialect: ClassVar[type[csv.Dialect]] = csv.excel
 
+    @staticmethod
+    def header(images: bool) -> tuple[str, ...]:
+        return ("input", "caption", "confidence", *table_columns(), "error") if images else VIDEO_COLUMNS
+
     def begin(self, inputs: int | None = None) -> None:
         self._columns = table_columns()
-        self._row(("input", "caption", "confidence", *self._columns, "error") if inputs is not None
-                  else VIDEO_COLUMNS)
+        self._row(self.header(images=inputs is not None))
 
     def write(self, record: CaptionRecord) -> None:
         result = record.result

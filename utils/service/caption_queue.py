@@ -122,7 +122,7 @@ class CaptionQueue:
             raise _Skipped(job.name)
         data, job.data = job.data, b""
         try:
-            return decode_image_bytes(np.frombuffer(data, np.uint8), job.name)
+            return decode_image_bytes(data, job.name)
         except CaptionError as exc:
             raise ImageRefused(str(exc)) from None
 

@@ -2,7 +2,8 @@
 
 A step is one class in one module, registered in ``STEPS`` (utils/steps/registry.py). It is made from
 the job (``from_job``, None when the job does not ask for it), checks its options before any model
-loads (``check``), holds its resources from ``start`` to ``close``, runs on each captioned image in
+loads (``check``), may take inputs off the captioner's hands (``skip``: a photo already done
+needs no caption), holds its resources from ``start`` to ``close``, runs on each captioned image in
 input order (``run``) and returns a ``Section`` of that image's record, which knows its JSON, its note
 for people and its table cells. At the end of the run it may report to people (``finish``). A
 ``CaptionError`` from ``run`` fails that image (no caption, exit status 1); a step that can fail without
@@ -56,6 +57,14 @@ class Step:
 
     def check(self, items: list[InputItem]) -> None:
         """Before any model loads: refuse (CaptionError) what cannot work, so a typo costs no model load."""
+
+    def skip(self, items: list[InputItem]) -> dict[InputItem, Section] | None:
+        """Before any image is read: the inputs (of ``items``, each with a path) this step finds done
+        already, each with the section its record gets instead; or None when the step has no say in this
+        run (it does nothing with the captions). An input that a step skips and no other step needs is
+        neither read nor captioned: its record has no caption, only the skipping steps' sections
+        (docs/output.md#json-output). The default needs every caption."""
+        return {}
 
     def start(self, captioner: Captioner) -> None:
         """The models are loaded and captioning starts."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from utils.errors import CaptionError
 from utils.inputs import InputItem
 from utils.metadata import MetadataOptions, MetadataResult, MetadataWriter, require_exiftool
+from utils.metadata.alt_text import described_photos
 from utils.records import Section
 from utils.steps import CaptionedImage, Step
 from utils.text import printable
@@ -78,6 +79,15 @@ class WriteMetadata(Step):
     def check(self, items: list[InputItem]) -> None:
         if any(item.path is not None for item in items):
             require_exiftool()
+
+    def skip(self, items: list[InputItem]) -> dict[InputItem, Section] | None:
+        """A photo described already is kept whatever its caption (without --overwrite-metadata), so it
+        is not captioned: ExifTool reads the descriptions of many photos per command, before any model
+        loads (a re-run over a folder that is done loads none)."""
+        photos = [item.path for item in items if item.path is not None]
+        kept = described_photos(photos, self.options)
+        return {item: MetadataOutcome(kept[item.path]) for item in items
+                if item.path is not None and item.path in kept}
 
     def run(self, image: CaptionedImage, earlier: list[Section]) -> MetadataOutcome:
         assert image.item.path is not None

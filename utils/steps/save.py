@@ -74,6 +74,9 @@ class SaveImage(Step):
         planned = plan_outputs([p for item in todo if (p := item.path) is not None], self.savepath, not single)
         self._outputs = dict(zip(todo, planned, strict=True))
 
+    def skip(self, items: list[InputItem]) -> dict[InputItem, Section] | None:
+        return None if self.savepath is None else {}  # without -s it leaves the choice to the other steps
+
     def run(self, image: CaptionedImage, earlier: list[Section]) -> SavedImage:
         t0 = time.perf_counter()
         path = self._outputs.get(image.item)
