@@ -67,7 +67,8 @@ class BatchCaptioner:
             row = done.source
             if done.result is None:
                 message = str(done.error) if done.error is not None else "no caption"
-                errors[row] = _one_line(message if str(paths[row]) in message else f"{_shown(paths[row])}: {message}")
+                named = message.startswith(str(paths[row]))  # the decoder's messages name the file first
+                errors[row] = _one_line(message if named else f"{_shown(paths[row])}: {message}")
                 continue
             captions[row] = done.result.caption
             if done.result.confidence is not None:

@@ -5,7 +5,9 @@ they come into one --captions-file: Parquet, JSON Lines, CSV or TSV, atomically 
 
 Ray's own retries make the run whole: a task whose actor dies (a killed process, a lost node) is run
 again on a restarted actor, and only a task that finished hands its rows on, so no caption is lost and
-none is written twice.
+none is written twice. Those retries are Ray Data's defaults for an actor pool (``max_restarts=-1``,
+``max_task_retries=-1``); naming them in ``map_batches`` is deprecated from Ray 2.60, so they are not
+named here, and tests/test_ray.py kills an actor to hold Ray to them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,6 +48,7 @@ CALLS_PER_ACTOR = 4
 UPLOAD_EXCLUDES = [".git", "**/__pycache__", "/models/*", "!/models/*.py", "/bench/models", "/bench/out",
                    "/tests", "/samples", "/docs"]
 MAX_SHOWN_ERROR = 300
+CONNECT_TIMEOUT_S = 10
 
 __all__ = ["OUTPUT_FORMATS", "RayJob", "run_ray"]
 
@@ -104,7 +109,11 @@ def _default_model_dir() -> Path:
 
 @contextlib.contextmanager
 def _ray_runtime(ray: Any, address: str | None) -> Iterator[None]:
-    """Connected to the cluster at ``address`` (or a local runtime started here) for the block."""
+    """Connected to the cluster at ``address`` (or a local runtime started here) for the block; a
+    process that is connected already (a Python caller's own ``ray.init``) stays on its cluster."""
+    if ray.is_initialized():
+        yield
+        return
     quiet = not logger.isEnabledFor(logging.DEBUG)
     if address is None:
         # This machine's workers find the code where it is, and inherit this process's environment (the
@@ -118,16 +127,36 @@ def _ray_runtime(ray: Any, address: str | None) -> Iterator[None]:
         runtime = {"env_vars": {MAX_IMAGE_PIXELS_ENV: str(decoding_limit())}, "working_dir": str(ROOT),
                    "excludes": UPLOAD_EXCLUDES}
         job_config = None
+    where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
+    if address is not None:
+        _check_reachable(address, where)
     try:
-        ray.init(address=address, runtime_env=runtime, job_config=job_config, include_dashboard=False,
-                 logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True)
+        # "local": a runtime of this run's own, never one that ray_current_cluster names (a `ray start`
+        # on this machine that may be long gone: Ray would wait on it for ever); --ray auto joins that one.
+        # Ray's notes about itself (its token authentication, its deprecations) and what the actors'
+        # libraries print (OpenCV about a broken file, which is that row's error) only with --debug.
+        ray.init(address=address or "local", runtime_env=runtime, job_config=job_config,
+                 include_dashboard=False, logging_level=logging.ERROR if quiet else logging.INFO,
+                 log_to_driver=not quiet)
     except Exception as exc:  # ConnectionError, ValueError, RuntimeError: each library's own
-        where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         raise CaptionError(f"cannot start or reach {where}: {_short(first_line(exc))}") from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, where: str) -> None:
+    """A HOST:PORT that nothing answers at is one line now: Ray itself would retry it for ever."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", ray://... (Ray Client, which gives up by itself): Ray's own resolution
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise CaptionError(f"cannot reach {where}: {exc.strerror or exc}; is `ray start --head` running "
+                           "there, and is that its GCS port?") from None
 
 
 def _captioned(ray: Any, job: RayJob, options: CaptionerOptions, files: list[str],
@@ -140,6 +169,12 @@ def _captioned(ray: Any, job: RayJob, options: CaptionerOptions, files: list[str
     logger.info("%d actors with %d threads each on %d CPUs", actors, threads, cpus)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the file lists the inputs in their order
+    # Ray's own progress bars, on a terminal; elsewhere (a log, a pipe) Ray would log its progress
+    # instead, line after line, where this program prints problems only.
+    context.enable_progress_bars = sys.stderr is not None and sys.stderr.isatty()
+    if not logger.isEnabledFor(logging.DEBUG):
+        # Its failures reach people as this program's one line (a traceback with --debug).
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     # Reading takes no CPU of its own: the actors hold every core, and a read task waiting for one would
     # wait for ever. As many reads at once as actors keep them fed.
     parts = []

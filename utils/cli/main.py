@@ -96,6 +96,9 @@ def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
     if args.video is not None:
         return run_video(video.job(args), options)
     if args.ray is not None:
+        if quiet_libraries:  # Ray's own processes and its C++ logging write to descriptor 2 too
+            with library_output_silenced():
+                return run_ray(ray.job(args), options)
         return run_ray(ray.job(args), options)
     options = replace(options, workers=general.workers(args))
     if quiet_libraries:

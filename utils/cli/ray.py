@@ -23,6 +23,8 @@ def usage_error(args: argparse.Namespace) -> str | None:
         return None
     if args.video is not None:
         return "--ray is for images (-i), not video"
+    if not args.input:
+        return "--ray needs -i: the files, folders, patterns or URIs (s3://bucket/photos/) to caption"
     if args.captions_file is None:
         return f"--ray writes its captions to --captions-file; name one ({', '.join(OUTPUT_FORMATS)})"
     if args.captions_file.suffix.lower() not in OUTPUT_FORMATS:

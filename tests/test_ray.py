@@ -1,0 +1,323 @@
+"""--ray and BatchCaptioner: Ray Data batch captioning (docs/large-runs.md#ray-data).
+
+The command line is run for real, in a subprocess, each run with a local Ray runtime of its own; the
+Python tests share one local runtime of 2 CPUs per module, since each start costs seconds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from models.synthetic import NewFCParams
+from tests.conftest import ROOT, SAMPLE, SCRIPT, RunCli, cli_env
+from tests.reference import imread
+from utils.batch import BatchCaptioner
+from utils.captioner import CaptionerOptions
+from utils.ray_images import INSTALL, RayJob, run_ray
+from utils.runtime import RuntimeOptions
+
+PHOTOS = 40
+Captions = dict[str, tuple[str, float]]
+
+
+def _photos(folder: Path, count: int, size: tuple[int, int] | None = None, noise: int = 0) -> list[Path]:
+    """``count`` distinct PNG photos (decoded alike by OpenCV and PIL, so read_images agrees too)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = imread(SAMPLE)
+    if size is not None:
+        base = cv2.resize(base, size)
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(count):
+        image = np.roll(np.roll(base, i * 11, axis=1), i * 7, axis=0)
+        image = cv2.convertScaleAbs(image, alpha=0.6 + 0.02 * i, beta=(i * 13) % 60)
+        if noise:
+            image = np.clip(image.astype(np.int16) + rng.integers(0, noise, image.shape), 0, 255).astype(np.uint8)
+        path = folder / f"photo{i:02d}.png"
+        cv2.imwrite(str(path), image)
+        paths.append(path)
+    return paths
+
+
+def _plain(models: Path, folder: Path, out: Path) -> Captions:
+    """The plain command line's captions, two workers, for the same options."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "-i", str(folder), "--workers", "2", "--captions-file",
+                           str(out), "--model-dir", str(models), "--offline", "--onnx"],
+                          capture_output=True, text=True, env=cli_env(), timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    return {r["input"]: (r["caption"], r["confidence"]) for r in map(json.loads, out.read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def shared_models(model_set_dir: tuple[Path, dict[str, NewFCParams]]) -> Path:
+    return model_set_dir[0]
+
+
+@pytest.fixture(scope="module")
+def photos40(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return _photos(tmp_path_factory.mktemp("ray") / "photos", PHOTOS)
+
+
+@pytest.fixture(scope="module")
+def plain40(shared_models: Path, photos40: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Captions:
+    captions = _plain(shared_models, photos40[0].parent, tmp_path_factory.mktemp("plain") / "plain.jsonl")
+    assert len({caption for caption, _ in captions.values()}) > 5  # the photos give different captions
+    return captions
+
+
+@pytest.fixture(scope="module")
+def ray_runtime() -> Iterator[object]:
+    """One local Ray runtime of 2 CPUs for this module's in-process tests, with this project's code."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+             job_config=ray.job_config.JobConfig(code_search_path=[str(ROOT)]))
+    yield ray
+    ray.shutdown()
+
+
+def _options(models: Path) -> CaptionerOptions:
+    return CaptionerOptions(model_dir=models, offline=True, runtime=RuntimeOptions(backend="onnxruntime"))
+
+
+def _assert_same(rows: list[tuple[str, str | None, float | None]], expected: Captions) -> None:
+    """Every input exactly once, each with the plain command line's caption."""
+    names = [name for name, _, _ in rows]
+    assert sorted(names) == sorted(expected) and len(set(names)) == len(names)
+    for name, caption, confidence in rows:
+        assert caption == expected[name][0], name
+        assert confidence == pytest.approx(expected[name][1], abs=1e-5)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def test_ray_cli_captions_equal_the_plain_cli(run_cli: RunCli, shared_models: Path, photos40: list[Path],
+                                              plain40: Captions, tmp_path: Path) -> None:
+    out = tmp_path / "ray.jsonl"
+    proc = run_cli("-i", photos40[0].parent, "--ray", "--workers", "2", "--captions-file", out,
+                   "--model-dir", shared_models, "--offline", "--onnx", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""  # Ray's own chatter stays off; no bars off a terminal
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["input"] for r in records] == [str(p) for p in photos40]  # input order
+    _assert_same([(r["input"], r["caption"], r["confidence"]) for r in records], plain40)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+def _descendants_named(root: int, prefix: str) -> list[int]:
+    """The processes under ``root`` whose command line starts with ``prefix`` (Ray names its actors'
+    processes ray::CLASS), found through /proc: other Ray runtimes on this machine are not ours."""
+    parents: dict[int, int] = {}
+    titles: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            titles[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def under(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == root:
+                return True
+        return False
+
+    return [pid for pid, title in titles.items() if title.startswith(prefix) and under(pid)]
+
+
+def test_a_killed_actor_loses_and_duplicates_no_caption(shared_models: Path, tmp_path: Path) -> None:
+    # Photos large enough that the actors work for seconds: the kill falls in the middle of the run.
+    photos = _photos(tmp_path / "big", PHOTOS, size=(1800, 1200), noise=24)
+    expected = _plain(shared_models, photos[0].parent, tmp_path / "plain.jsonl")
+    out = tmp_path / "ray.parquet"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "-i", str(photos[0].parent), "--ray", "--workers", "2",
+                             "--captions-file", str(out), "--model-dir", str(shared_models), "--offline", "--onnx",
+                             "--debug"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            stdin=subprocess.DEVNULL)
+    killed: list[tuple[int, int]] = []  # (pid, rows the driver had when it was killed)
+    lines: list[str] = []
+
+    def watch() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if not killed and " rows captioned" in line:
+                actors = _descendants_named(proc.pid, "ray::MapWorker")
+                if actors:
+                    os.kill(actors[0], signal.SIGKILL)
+                    killed.append((actors[0], int(line.split(" rows captioned")[0].split()[-1])))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert proc.wait(timeout=400) == 0, "".join(lines[-30:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        watcher.join()
+    assert killed, "no actor was found to kill"
+    assert killed[0][1] < PHOTOS, "the run was over before the kill"
+    table = pq.read_table(out).to_pylist()
+    assert [r["input"] for r in table] == [str(p) for p in photos]
+    assert all(r["error"] is None for r in table)
+    _assert_same([(r["input"], r["caption"], r["confidence"]) for r in table], expected)
+
+
+def _usage_error(stderr: str) -> bool:
+    """argparse's usage, then one line that names the problem."""
+    lines = stderr.strip().splitlines()
+    return lines[0].startswith("usage:") and sum("error:" in line for line in lines) == 1 and "error:" in lines[-1]
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["-s", "out.png"], "-s/--savepath"),
+    (["-b"], "-b/--benchmark"),
+    (["--format", "json"], "--format json"),
+    (["--write-metadata"], "--write-metadata"),
+    (["--resume"], "--resume"),
+    (["-v", "clip.mp4"], "video"),
+])
+def test_ray_conflicts_are_one_line_usage_errors(run_cli: RunCli, tmp_path: Path, extra: list[str],
+                                                 expected: str) -> None:
+    proc = run_cli("-i", SAMPLE, "--ray", "--captions-file", tmp_path / "out.jsonl", *extra)
+    assert proc.returncode == 2 and _usage_error(proc.stderr) and expected in proc.stderr, proc.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["-i", str(SAMPLE), "--ray"], "--ray writes its captions to --captions-file"),
+    (["-i", str(SAMPLE), "--ray", "--captions-file", "out.txt"], ".parquet"),
+    (["--ray", "--captions-file", "out.csv"], "--ray needs -i"),
+])
+def test_ray_needs_inputs_and_a_captions_file_it_writes(run_cli: RunCli, args: list[str], expected: str) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and _usage_error(proc.stderr) and expected in proc.stderr, proc.stderr
+
+
+def test_without_ray_one_line_names_the_install_command(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
+    shim = tmp_path / "no_ray" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text('raise ImportError("No module named \'ray\'")\n')
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("-i", SAMPLE, "--ray", "--captions-file", out, "--model-dir", models, "--offline", "--onnx",
+                   env={"PYTHONPATH": f"{shim.parent}{os.pathsep}{ROOT}"})
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and INSTALL in proc.stderr, proc.stderr
+    assert "python3 -m pip install -r requirements-ray.txt" in proc.stderr
+    assert not out.exists()
+
+
+def test_an_address_nothing_answers_at_is_one_line(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("-i", SAMPLE, "--ray", "127.0.0.1:1", "--captions-file", out, "--model-dir", models,
+                   "--offline", "--onnx", timeout=60)
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot reach the Ray cluster at 127.0.0.1:1" in proc.stderr
+    assert not out.exists()
+
+
+# --- BatchCaptioner, without Ray ------------------------------------------------------------------
+
+def test_batch_captioner_on_dict_and_pandas_batches(models: Path, photos40: list[Path], plain40: Captions) -> None:
+    captioner = BatchCaptioner(_options(models))
+    good = [photos40[0], photos40[1]]
+    data = [p.read_bytes() for p in good]
+    batch = {"path": np.array([str(good[0]), "bad.jpg", "empty.png", str(good[1]), "none.png"], dtype=object),
+             "bytes": np.array([data[0], b"not an image at all", b"", data[1], None], dtype=object)}
+    out = captioner(batch)
+    assert set(out) == {"path", "bytes", "caption", "confidence", "error"} and out["bytes"] is batch["bytes"]
+    assert list(out["caption"]) == [plain40[str(good[0])][0], None, None, plain40[str(good[1])][0], None]
+    assert out["confidence"][0] == pytest.approx(plain40[str(good[0])][1], abs=1e-5)
+    assert np.isnan(out["confidence"][1])
+    errors = list(out["error"])
+    assert errors[0] is None and errors[3] is None
+    assert errors[1].startswith("bad.jpg ") and "not an image" in errors[1]
+    assert errors[2] == "empty.png is an empty file (0 bytes)"
+    assert errors[4] == "none.png: no bytes"
+
+    rgb = cv2.cvtColor(imread(good[0]), cv2.COLOR_BGR2RGB)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    frame = pd.DataFrame({"path": ["rgb", "rgba", "nothing", "empty"],
+                          "image": [rgb, rgba, None, np.zeros((0, 0, 3), np.uint8)]})
+    result = BatchCaptioner(_options(models), drop=("image",))(frame)
+    assert list(result.columns) == ["path", "caption", "confidence", "error"]
+    assert list(result["caption"][:2]) == [plain40[str(good[0])][0]] * 2
+    assert result["error"][:2].isna().all()
+    assert result["caption"][2:].isna().all()
+    assert result["error"][2].startswith("nothing: ") and result["error"][3] == "empty: image has no pixels"
+
+
+def test_batch_captioner_names_a_batch_without_its_columns(models: Path) -> None:
+    from utils.errors import CaptionError
+
+    captioner = BatchCaptioner(_options(models))
+    with pytest.raises(CaptionError, match="no 'path' column"):
+        captioner({"bytes": np.array([b""], dtype=object)})
+    with pytest.raises(CaptionError, match="neither a 'bytes' nor an 'image' column"):
+        captioner({"path": np.array(["a"], dtype=object)})
+
+
+# --- Ray Data from Python, one local runtime ------------------------------------------------------
+
+def test_the_documented_map_batches_example(ray_runtime: object, shared_models: Path, photos40: list[Path],
+                                            plain40: Captions, tmp_path: Path) -> None:
+    import ray
+
+    # The two actors hold both CPUs: reading takes none, or its tasks would wait for ever.
+    ds = ray.data.read_binary_files([str(p) for p in photos40], include_paths=True, num_cpus=0)
+    ds = ds.map_batches(BatchCaptioner, fn_constructor_kwargs={"options": _options(shared_models), "drop": ["bytes"]},
+                        compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1, batch_size=8)
+    ds.write_parquet(str(tmp_path / "captions"))
+    rows = pq.read_table(tmp_path / "captions").to_pylist()
+    assert all(set(r) == {"path", "caption", "confidence", "error"} and r["error"] is None for r in rows)
+    _assert_same([(r["path"], r["caption"], r["confidence"]) for r in rows], plain40)
+
+    images = ray.data.read_images([str(p) for p in photos40[:8]], include_paths=True, mode="RGB", num_cpus=0)
+    done = images.map_batches(BatchCaptioner, fn_constructor_kwargs={"options": _options(shared_models),
+                                                                     "drop": ["image"]},
+                              compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1, batch_size=4).take_all()
+    # read_images names a file without its leading slash (pyarrow's path), the same file all the same
+    _assert_same([("/" + r["path"].lstrip("/"), r["caption"], r["confidence"]) for r in done],
+                 {str(p): plain40[str(p)] for p in photos40[:8]})
+
+
+def test_run_ray_writes_every_input_once_with_its_error(ray_runtime: object, shared_models: Path,
+                                                        photos40: list[Path], plain40: Captions,
+                                                        tmp_path: Path) -> None:
+    broken = tmp_path / "in" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    missing = tmp_path / "in" / "missing.jpg"
+    out = tmp_path / "out" / "captions.tsv"
+    out.parent.mkdir()
+    inputs = [str(p) for p in photos40[:6]] + [str(broken), str(missing)]
+    status = run_ray(RayJob(inputs=inputs, address=None, captions_file=out, actors=2), _options(shared_models))
+    assert status == 1  # an input failed; the others are written
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f, dialect=csv.excel_tab))
+    assert [r["input"] for r in rows] == [str(missing)] + inputs[:-1]  # what could not be listed comes first
+    assert rows[0]["error"] == f"{missing} does not exist" and rows[0]["caption"] == ""
+    assert "broken.png" in rows[-1]["error"] and rows[-1]["caption"] == rows[-1]["confidence"] == ""
+    _assert_same([(r["input"], r["caption"], float(r["confidence"])) for r in rows[1:-1]],
+                 {name: plain40[name] for name in inputs[:6]})
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+    assert ray_runtime.is_initialized()  # type: ignore[attr-defined]  # the caller's runtime stays up
