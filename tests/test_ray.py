@@ -194,6 +194,7 @@ def _usage_error(stderr: str) -> bool:
     (["--format", "json"], "--format json"),
     (["--write-metadata"], "--write-metadata"),
     (["--resume"], "--resume"),
+    (["--references", "refs.json"], "--references"),
     (["-v", "clip.mp4"], "video"),
 ])
 def test_ray_conflicts_are_one_line_usage_errors(run_cli: RunCli, tmp_path: Path, extra: list[str],

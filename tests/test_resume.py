@@ -209,6 +209,9 @@ def test_links_and_pipes_at_the_captions_path_are_refused(run_cli: RunCli, model
 @pytest.mark.parametrize(("extra", "message"), [
     ((), "--resume needs --captions-file"),
     (("--captions-file", "captions.txt"), "JSON Lines, CSV or TSV files only"),
+    (("--captions-file", "captions.jsonl", "--references", "refs.json"),
+     "--resume cannot go with --references: a resumed run captions only part of the inputs; score the whole "
+     "file afterwards with --score-captions captions.jsonl --references refs.json"),
 ])
 def test_resume_needs_a_captions_file_it_can_read_back(run_cli: RunCli, models: Path, extra: tuple[str, ...],
                                                        message: str) -> None:

@@ -32,6 +32,7 @@ def usage_error(args: argparse.Namespace) -> str | None:
     others = [flag for flag, on in (("-s/--savepath", args.savepath is not None), ("-b/--benchmark", args.benchmark),
                                     ("--write-metadata", args.write_metadata),
                                     ("--metadata-sidecar", args.metadata_sidecar), ("--resume", args.resume),
+                                    ("--references", args.references is not None),
                                     (f"--format {args.format}", args.format != "text")) if on]
     if others:
         return f"--ray writes captions to --captions-file only; it does not go with {', '.join(others)}"

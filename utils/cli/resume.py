@@ -23,6 +23,9 @@ def usage_error(args: argparse.Namespace) -> str | None:
         return "--resume is for images (-i), not video"
     if args.captions_file is None:
         return "--resume needs --captions-file: the .jsonl, .json, .csv or .tsv file to go on with"
+    if args.references is not None:
+        return (f"--resume cannot go with --references: a resumed run captions only part of the inputs; score the "
+                f"whole file afterwards with --score-captions {args.captions_file} --references {args.references}")
     if file_format(args.captions_file) not in RESUMABLE:
         return (f"--resume cannot go on with {args.captions_file}: records are appended to and read back from "
                 "JSON Lines, CSV or TSV files only (.jsonl, .json, .csv, .tsv)")
