@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import ensure_models  # noqa: E402
-from bench.photos import sample_crops  # noqa: E402
+from bench.photos import make_photos  # noqa: E402
 from utils.captioner import Captioner, CaptionerOptions, available_cores, default_workers  # noqa: E402
 from utils.decoding.options import DecodingOptions  # noqa: E402
 from utils.image_job import ImageJob  # noqa: E402
@@ -39,16 +38,6 @@ from utils.images import run_images  # noqa: E402
 from utils.preprocess import preprocess, read_image  # noqa: E402
 from utils.quantization import PRECISIONS, Precision  # noqa: E402
 from utils.runtime import RuntimeOptions  # noqa: E402
-
-
-def make_photos(folder: Path, count: int) -> list[Path]:
-    """640x480 JPEGs, so that reading them costs what reading a real photo costs."""
-    paths = []
-    for i, photo in enumerate(sample_crops(count)):
-        path = folder / f"photo_{i:03d}.jpg"
-        cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
 
 
 def bare_loop(captioner: Captioner, inputs: list[np.ndarray]) -> float:

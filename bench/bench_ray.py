@@ -24,26 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import ensure_models  # noqa: E402
-from bench.photos import sample_crops  # noqa: E402
+from bench.photos import make_photos  # noqa: E402
 
 SCRIPT = ROOT / "image_captioning_pytorch.py"
 
 
-def make_photos(folder: Path, count: int) -> list[Path]:
-    """640x480 JPEGs, as bench/bench_images.py captions."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, photo in enumerate(sample_crops(count)):
-        path = folder / f"photo_{i:03d}.jpg"
-        cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
 
 
 def timed_run(inputs: list[Path], models: Path, workers: int, out: Path, ray: bool) -> float:

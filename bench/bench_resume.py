@@ -23,22 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import ensure_models  # noqa: E402
-from bench.photos import sample_crops  # noqa: E402
+from bench.photos import make_photos  # noqa: E402
 from utils.captioner import default_workers  # noqa: E402
 from utils.metadata import require_exiftool  # noqa: E402
-
-
-def make_photos(folder: Path, count: int) -> None:
-    """640x480 JPEGs without a description."""
-    folder.mkdir(parents=True)
-    for i, photo in enumerate(sample_crops(count)):
-        cv2.imwrite(str(folder / f"photo_{i:03d}.jpg"), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
 def timed_run(args: list[str]) -> float:

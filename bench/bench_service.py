@@ -31,14 +31,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import ensure_models  # noqa: E402
-from bench.photos import sample_crops  # noqa: E402
+from bench.photos import make_photos  # noqa: E402
 from utils.captioner import Captioner, CaptionerOptions, available_cores, default_workers  # noqa: E402
 from utils.decoding.options import DecodingOptions  # noqa: E402
 from utils.image_job import ImageJob  # noqa: E402
@@ -49,13 +48,6 @@ from utils.runtime import RuntimeOptions  # noqa: E402
 READY = re.compile(r"serving captions at http://([\d.]+):(\d+)/")
 
 
-def make_photos(folder: Path, count: int) -> list[Path]:
-    paths = []
-    for i, photo in enumerate(sample_crops(count)):
-        path = folder / f"photo_{i:03d}.jpg"
-        cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
 
 
 @dataclass(frozen=True)

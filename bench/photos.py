@@ -23,3 +23,15 @@ def sample_crops(count: int, width: int = 640, height: int = 480) -> list[np.nda
         y, x = rng.integers(0, big.shape[0] - height), rng.integers(0, big.shape[1] - width)
         out.append(big[y : y + height, x : x + width])
     return out
+
+
+def make_photos(folder: Path, count: int) -> list[Path]:
+    """``count`` of those crops as 640x480 JPEGs in ``folder`` (created if needed), so that reading them
+    costs what reading a real photo costs; no metadata, so none has a description."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, photo in enumerate(sample_crops(count)):
+        path = folder / f"photo_{i:03d}.jpg"
+        cv2.imwrite(str(path), photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(path)
+    return paths
