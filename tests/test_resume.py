@@ -254,3 +254,209 @@ def test_without_resume_a_killed_run_leaves_the_old_file_whole(models: Path, tmp
 
     killed_after(["-i", tmp_path / "photos", "--captions-file", captions, *flags(models)], tmp_path, part, 8)
     assert captions.read_bytes() == b"an earlier run's file\n"
+
+
+def paused_run(args: list[str | Path], cwd: Path, captions: Callable[[], Path], count: int,
+               stdout: Path | None = None) -> subprocess.Popen[bytes]:
+    """The CLI started, and stopped (SIGSTOP) once the file ``captions()`` names holds ``count`` records:
+    mid-run, its file open, however slow what the test does next. The caller sends SIGCONT."""
+    out = stdout.open("wb") if stdout is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, env=cli_env(),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE)
+    finally:
+        if not isinstance(out, int):
+            out.close()
+    deadline = time.monotonic() + 120
+    while complete_records(captions()) < count and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if proc.poll() is not None or time.monotonic() >= deadline:
+        proc.kill()
+        pytest.fail(f"the run did not reach {count} records: {proc.communicate(timeout=30)[1]!r}")
+    proc.send_signal(signal.SIGSTOP)
+    return proc
+
+
+def finished(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    """Go on with a paused run to its end (bounded): its exit status and stderr."""
+    proc.send_signal(signal.SIGCONT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err.decode("utf-8", "replace")
+
+
+def damage(data: bytes, ext: str, line: int) -> bytes:
+    """``data`` with its line ``line`` (from 1) damaged: a quote opened before the caption and never closed
+    in a table, a JSON object cut short in JSON Lines; every other byte kept."""
+    lines = data.splitlines(keepends=True)
+    if ext == "jsonl":
+        lines[line - 1] = lines[line - 1][: len(lines[line - 1]) // 2] + b"\n"
+    else:
+        sep = b"\t" if ext == "tsv" else b","
+        lines[line - 1] = lines[line - 1].replace(sep, sep + b'"', 1)
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("torn_end", [False, True], ids=["whole end", "torn end too"])
+@pytest.mark.parametrize("ext", list(FORMATS))
+def test_a_damaged_record_in_the_middle_is_refused_and_nothing_is_cut(run_cli: RunCli, models: Path,
+                                                                     tmp_path: Path, ext: str,
+                                                                     torn_end: bool) -> None:
+    make_photos(tmp_path / "photos", 20)
+    captions = tmp_path / f"captions.{ext}"
+    command: list[str | Path] = ["-i", tmp_path / "photos", "--captions-file", captions, "--resume", *flags(models)]
+    first = run_cli(*command)
+    assert first.returncode == 0, first.stderr
+    line = 10 if ext == "jsonl" else 11  # the 10th record of 20 (after a table's header)
+    damaged = damage(captions.read_bytes(), ext, line)
+    if torn_end:  # and the last line cut short: still the damage is refused, not the rest cut off
+        damaged = damaged[:-20]
+    captions.write_bytes(damaged)
+    proc = run_cli(*command)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.startswith(f"ERROR: --captions-file {captions}: line {line} is not one of this program's "
+                                  "records") and len(proc.stderr.splitlines()) == 1
+    assert captions.read_bytes() == damaged  # byte for byte
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv"])
+def test_a_record_spanning_lines_is_read_whole_and_a_torn_last_line_after_it_cut(run_cli: RunCli, models: Path,
+                                                                                 tmp_path: Path, ext: str) -> None:
+    photos = make_photos(tmp_path / "photos", 3)
+    photos[0].rename(tmp_path / "photos" / "a\nname with a line break.png")  # quoted by the writer: two lines
+    captions = tmp_path / f"captions.{ext}"
+    command: list[str | Path] = ["-i", tmp_path / "photos", "--captions-file", captions, "--resume", *flags(models)]
+    first = run_cli(*command)
+    assert first.returncode == 0, first.stderr
+    whole = records(captions)
+    data = captions.read_bytes()
+    assert data.count(b"\n") == 5 and "\n" in str(whole[0]["input"])
+    again = run_cli(*command)
+    assert again.returncode == 0 and again.stdout == "" and captions.read_bytes() == data, again.stderr
+    captions.write_bytes(data[:-10])  # the last record cut short
+    third = run_cli(*command, "--json")
+    assert third.returncode == 0 and "ended in a cut-off line" in third.stderr, third.stderr
+    assert [json.loads(line)["input"] for line in third.stdout.splitlines()] == [whole[-1]["input"]]
+    assert records(captions) == whole
+
+
+@pytest.mark.parametrize("ext", list(FORMATS))
+def test_an_input_recorded_twice_ends_with_one_record_the_last_done_one(run_cli: RunCli, models: Path,
+                                                                       tmp_path: Path, ext: str) -> None:
+    photos = make_photos(tmp_path / "photos", 3)
+    captions = tmp_path / f"captions.{ext}"
+    command: list[str | Path] = ["-i", tmp_path / "photos", "--captions-file", captions, "--resume", *flags(models)]
+    first = run_cli(*command)
+    assert first.returncode == 0, first.stderr
+    lines = captions.read_bytes().splitlines(keepends=True)
+    head, body = (lines[:1], lines[1:]) if ext != "jsonl" else ([], lines)
+    elsewhere = str(tmp_path / "elsewhere.png")  # not an input of these runs
+
+    def failed(name: str, error: str) -> bytes:
+        if ext == "jsonl":
+            return json.dumps({"input": name, "caption": None, "error": error}).encode() + b"\n"
+        return ("\t" if ext == "tsv" else ",").join([name, "", "", "", "", error]).encode() + b"\n"
+
+    sep = b'"caption": "' if ext == "jsonl" else (b"\t" if ext == "tsv" else b",")
+    older = body[1].replace(sep, sep + b"an older caption ", 1)
+    assert older != body[1]
+    # photo 0: a failed record, then a done one; photo 1: two done ones; photo 2: one; elsewhere: two failed
+    captions.write_bytes(b"".join([*head, failed(elsewhere, "first"), failed(str(photos[0]), "cannot read it"),
+                                   older, body[0], body[1], failed(elsewhere, "second"), body[2]]))
+    again = run_cli(*command)
+    assert again.returncode == 0 and again.stdout == "", again.stderr
+    # one record per input: the last done one of each, or else the last one
+    assert captions.read_bytes() == b"".join([*head, body[0], body[1], failed(elsewhere, "second"), body[2]])
+    assert "recorded some inputs more than once: 3 records were removed" in again.stderr
+    assert len(again.stderr.splitlines()) == 1
+    kept = captions.read_bytes()
+    third = run_cli(*command)
+    assert third.returncode == 0 and third.stdout == third.stderr == "" and captions.read_bytes() == kept
+
+
+@pytest.mark.parametrize("how", ["replaced", "removed"])
+def test_a_captions_file_replaced_or_removed_mid_run_is_an_error_and_the_records_stay_on_stdout(
+        run_cli: RunCli, models: Path, tmp_path: Path, how: str) -> None:
+    make_photos(tmp_path / "photos")
+    captions = tmp_path / "captions.jsonl"
+    command: list[str | Path] = ["-i", tmp_path / "photos", "--captions-file", captions, "--resume", *flags(models)]
+    stdout = tmp_path / "stdout.jsonl"
+    proc = paused_run([*command, "--json"], tmp_path, lambda: captions, 2, stdout)
+    try:
+        if how == "replaced":  # a copy renamed over it: the same records, another file
+            copy = tmp_path / "copy.jsonl"
+            copy.write_bytes(captions.read_bytes())
+            os.replace(copy, captions)
+            kept = captions.read_bytes()
+        else:
+            captions.unlink()
+    finally:
+        status, err = finished(proc)
+    assert status == 1
+    assert err == (f"ERROR: --captions-file {captions} was replaced or removed while this run appended to it, so "
+                   "it lacks some of this run's records (they are on standard output); run again with --resume "
+                   "to caption what it lacks\n")
+    printed = [json.loads(line)["input"] for line in stdout.read_text().splitlines()]
+    assert len(printed) == len(set(printed)) == PHOTOS  # every caption still printed
+    if how == "removed":
+        assert not captions.exists()
+        return
+    assert captions.read_bytes() == kept  # the file put there was never written to
+    done = run_cli(*command)  # and a run with --resume makes it whole
+    assert done.returncode == 0, done.stderr
+    names = [r["input"] for r in records(captions)]
+    assert len(names) == len(set(names)) == PHOTOS
+
+
+def test_a_run_without_resume_is_refused_the_file_a_resume_run_appends_to(run_cli: RunCli, models: Path,
+                                                                         tmp_path: Path) -> None:
+    make_photos(tmp_path / "photos")
+    captions = tmp_path / "captions.jsonl"
+    command: list[str | Path] = ["-i", tmp_path / "photos", "--captions-file", captions, *flags(models)]
+    first = paused_run([*command, "--resume"], tmp_path, lambda: captions, 2)
+    try:
+        before = captions.read_bytes()
+        second = run_cli(*command)
+        after = captions.read_bytes()
+    finally:
+        status, err = finished(first)
+    assert second.returncode == 1 and second.stdout == ""
+    assert second.stderr == (f"ERROR: --captions-file {captions} is being written by another run of this "
+                             "program; let it finish, or choose another file\n")
+    assert after == before and not list(tmp_path.glob(".captions.jsonl.part-*"))
+    assert status == 0, err
+    names = [r["input"] for r in records(captions)]
+    assert len(names) == len(set(names)) == PHOTOS
+
+
+def test_a_run_without_resume_does_not_rename_over_a_resume_run_that_began_after_it(models: Path,
+                                                                                   tmp_path: Path) -> None:
+    make_photos(tmp_path / "photos")
+    captions = tmp_path / "captions.jsonl"
+    command: list[str | Path] = ["-i", tmp_path / "photos", "--captions-file", captions, *flags(models)]
+
+    def part() -> Path:  # the hidden file the plain run's records go to until it ends
+        return next(tmp_path.glob(".captions.jsonl.part-*"), tmp_path / "none-yet.jsonl")
+
+    plain = paused_run(command, tmp_path, part, 2)  # past its start's check: nothing to refuse then
+    try:
+        resumed = paused_run([*command, "--resume"], tmp_path, lambda: captions, 2)
+        try:
+            plain_status, plain_err = finished(plain)  # it ends while the --resume run holds the file
+        finally:
+            status, err = finished(resumed)
+    finally:
+        if plain.poll() is None:
+            finished(plain)
+    assert plain_status == 1
+    assert plain_err == (f"ERROR: --captions-file {captions} is being written by another run of this program; "
+                         "let it finish, or choose another file; it was not replaced, and this run's records "
+                         "are on standard output only\n")
+    assert not list(tmp_path.glob(".captions.jsonl.part-*"))
+    assert status == 0, err
+    names = [r["input"] for r in records(captions)]
+    assert len(names) == len(set(names)) == PHOTOS

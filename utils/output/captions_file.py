@@ -3,7 +3,8 @@
 stdout keeps ``--format``; the file gets the format of its extension (``EXTENSIONS``). The file is
 written to a hidden temporary file beside it and renamed when the run ends (the end of the input, q,
 the first Ctrl-C); an error or a second Ctrl-C removes the temporary file and leaves nothing. With
---resume it is appended to as each input finishes instead (utils/output/resume.py).
+--resume it is appended to as each input finishes instead (utils/output/resume.py); while a --resume
+run appends to a file, a run without --resume is refused that file, at its start and at its rename.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from utils.errors import CaptionError
 from utils.files.atomic import commit, create_temp_beside
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
 from utils.output.formats import FORMATS, Mode, ResultWriter, Tee, make_writer
-from utils.output.resume import Resumable, appending
+from utils.output.resume import Resumable, appending, appending_kept_out
 
 OPTION = "--captions-file"
 EXTENSIONS = {".vtt": "vtt", ".srt": "srt", ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json",
@@ -49,10 +50,13 @@ def captions_file_usage_error(path: Path | None, mode: Mode) -> str | None:
 
 def check_captions_file(path: Path, inputs: list[Path]) -> None:
     """Before any model loads: a folder that exists and takes files; at the path nothing but a regular
-    file (never a folder, link, pipe or device), and never an input."""
+    file (never a folder, link, pipe or device) that no --resume run is appending to, and never an
+    input."""
     check_output_slot(path)
     check_writable_folder(path.parent, OPTION)
     never_an_input([path], inputs, OPTION)
+    with appending_kept_out(path, shared=True):
+        pass
 
 
 @contextmanager
@@ -86,7 +90,13 @@ def open_writers(format_name: str, out: TextIO | None, captions_file: Path | Non
             raise CaptionError(f"cannot write {captions_file}: {copy.failure}; it was not written")
         check_output_slot(captions_file)  # something put there while the run went on is not replaced
         try:
-            commit(file, tmp, captions_file)
+            file.flush()
+            os.fsync(file.fileno())  # the slow part done first: the file at the path is held for a rename only
+            with appending_kept_out(captions_file, shared=False):  # a --resume run that began since
+                commit(file, tmp, captions_file)
+        except CaptionError as exc:
+            raise CaptionError(f"{exc}; it was not replaced, and this run's records are on standard output "
+                               "only") from None
         except OSError as exc:
             raise CaptionError(f"cannot write {captions_file}: {exc.strerror or exc}; it was not written") from exc
     except BaseException:

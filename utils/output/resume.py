@@ -2,12 +2,15 @@
 goes on with (docs/large-runs.md#resume).
 
 A run with --resume reads the file first (``read_resumable``): the inputs recorded there with a caption
-and no error are done, and are neither read nor captioned again; the others are. Then, before the
-first new record, the file is locked against other runs and repaired (``appending``): what follows the
-last complete record (a line cut short by a crash or a full disk) is cut off, and so are the failed
-records of the inputs this run tries again. Each record is then appended as its input finishes, flushed
-at once (a killed run loses at most the records in flight) and made durable (fsync) in batches. Records
-are in input order within a run; a resumed file holds one run's records after another's.
+and no error are done, and are neither read nor captioned again; the others are. A damaged record is
+refused, wherever it is: only a last line without its newline (a crash or a full disk cut it short) is
+taken for a torn end. Then, before the first new record, the file is locked against other runs and
+repaired (``appending``): the torn end is cut off, and so are the records that a later one of the same
+input supersedes and the failed records of the inputs this run tries again, so that the file ends with
+one record per input. Each record is then appended as its input finishes, flushed at once (a killed run
+loses at most the records in flight) and made durable (fsync) in batches; before each record and at each
+fsync the path is checked to still name the file appended to. Records are in input order within a run; a
+resumed file holds one run's records after another's.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ COPY_CHUNK = 1 << 20
 _OPEN_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
+Span = tuple[int, int]  # a record's byte range in the file
+
+
 @dataclass(frozen=True)
 class Resumable:
     """What a captions file already holds."""
@@ -56,21 +62,22 @@ class Resumable:
     path: Path
     format: str  # json, csv or tsv
     done: frozenset[str]  # inputs recorded with a caption (or kept) and no error
-    failed: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # input -> its records' byte ranges
+    failed: dict[str, list[Span]] = field(default_factory=dict)  # input not done -> its last record
+    superseded: tuple[Span, ...] = ()  # records that a later one of the same input replaces
     end: int = 0  # where the last complete line ends
     size: int = 0  # the file's size (more than ``end``: a torn last line)
     identity: tuple[int, int] | None = None  # (device, inode) of the file read; None: there was none
 
 
-# One line of the file: the input it records (None for the header or a blank line), whether that input
-# is done, and the line's byte range.
+# One record of the file: the input it records (None for the header or a blank line), whether that input
+# is done, and the record's byte range.
 Line = tuple[str | None, bool, int, int]
 
 
 def read_resumable(path: Path, format_name: str) -> Resumable:
     """The records ``path`` holds (nothing if it does not exist yet); UsageError, changing nothing, for a
-    file that is not this program's captions file in this format; CaptionError for a link, a pipe, or a
-    file another run is writing."""
+    file that is not this program's captions file in this format or that has a damaged record;
+    CaptionError for a link, a pipe, or a file another run is writing."""
     if format_name not in RESUMABLE:
         raise UsageError(f"--resume cannot go on with {path}: use .jsonl, .json, .csv or .tsv")
     check_output_slot(path)  # never through a link, never a pipe
@@ -87,15 +94,24 @@ def read_resumable(path: Path, format_name: str) -> Resumable:
         if not _locked(fd, shared=True):
             raise CaptionError(_busy(path))
         lines = _json_lines(file, path) if format_name == "json" else _table_lines(file, path, format_name)
-        done: set[str] = set()
-        failed: dict[str, list[tuple[int, int]]] = {}
+        kept: dict[str, tuple[bool, Span]] = {}  # input -> the record that stands for it so far
+        superseded: list[Span] = []
         end = 0
         for name, ok, start, stop in lines:
             end = stop
-            if name is not None:
-                (done.add(name) if ok else failed.setdefault(name, []).append((start, stop)))
-    return Resumable(path, format_name, frozenset(done), {k: v for k, v in failed.items() if k not in done},
-                     end, st.st_size, (st.st_dev, st.st_ino))
+            if name is None:
+                continue
+            earlier = kept.get(name)
+            if earlier is not None and earlier[0] and not ok:
+                superseded.append((start, stop))  # a failure after a success: the success stands
+                continue
+            if earlier is not None:
+                superseded.append(earlier[1])  # the last record wins, a done one over any failed one
+            kept[name] = (ok, (start, stop))
+    done = frozenset(name for name, (ok, _) in kept.items() if ok)
+    failed = {name: [span] for name, (ok, span) in kept.items() if not ok}
+    return Resumable(path, format_name, done, failed, tuple(sorted(superseded)), end, st.st_size,
+                     (st.st_dev, st.st_ino))
 
 
 def _json_lines(file: IO[bytes], path: Path) -> Iterator[Line]:
@@ -126,36 +142,34 @@ def _json_done(record: dict[str, Any]) -> bool:
 
 
 def _table_lines(file: IO[bytes], path: Path, format_name: str) -> Iterator[Line]:
-    """CSV/TSV rows with their byte ranges: the csv module reads a quoted field across lines, so the
-    lines it is given are counted as it takes them."""
+    """CSV/TSV records with their byte ranges. Our writer quotes a field that holds a line break, so a
+    record may span lines: the csv module reads a quoted field across lines, and the lines it is given
+    are counted as it takes them. A record that reaches the end of the file unfinished is a torn end
+    only when it is the file's last line alone and that line lacks its newline; one that spans lines (a
+    quote that never closes) is damage, refused whether or not the file ends in a newline, since cutting
+    it would cut every record after the quote."""
     header = list(CsvWriter.header(images=True))
-    position = {"taken": 0, "ended": False, "last_complete": True}
-
-    def lines() -> Iterator[str]:
-        for line in iter(lambda: file.readline(MAX_RECORD_BYTES + 1), b""):
-            if len(line) > MAX_RECORD_BYTES:
-                raise _not_ours(path, 0, line[:SHOWN_LINE_CHARS])
-            position["taken"] += len(line)
-            position["last_complete"] = line.endswith(b"\n")
-            yield line.decode("utf-8", "surrogateescape")
-        position["ended"] = True
-
+    taken = _TakenLines(file, path)
     dialect = csv.excel_tab if format_name == "tsv" else csv.excel
-    reader = csv.reader(lines(), dialect=dialect, strict=True)
-    at, number = 0, 0
+    reader = csv.reader(taken.lines(), dialect=dialect, strict=True)
+    at, first = 0, 1  # where the next record starts: byte, line number
     while True:
+        taken.record.clear()
         try:
-            row = next(reader)
+            row: list[str] | None = next(reader)
+            problem = ""
         except StopIteration:
             return
-        except csv.Error:
-            if position["ended"]:
-                return  # a quoted field the file ends in: torn
-            raise _not_ours(path, number + 1, b"") from None
-        number += 1
-        if not position["last_complete"]:
-            return  # torn
-        start, at = at, position["taken"]
+        except csv.Error as exc:
+            row, problem = None, "a quote that never closes" if taken.ended else str(exc)
+        start, at = at, taken.count
+        number, first = first, taken.number + 1
+        if not taken.newline_at_end:  # the reader reached the end of the file inside this record
+            if len(taken.record) == 1:
+                return  # torn: cut off when the file is opened for appending
+            raise _not_ours(path, number, taken.record[0], problem or "a record cut short across lines")
+        if row is None:
+            raise _not_ours(path, number, taken.record[0], problem)
         if number == 1:
             if row != header:
                 sep = "\t" if format_name == "tsv" else ","
@@ -167,16 +181,45 @@ def _table_lines(file: IO[bytes], path: Path, format_name: str) -> Iterator[Line
             yield None, False, start, at
             continue
         if len(row) != len(header):
-            raise _not_ours(path, number, "\t".join(row).encode("utf-8", "surrogateescape"))
+            raise _not_ours(path, number, taken.record[0], f"{len(row)} fields, not {len(header)}")
         yield row[0], row[-1] == "", start, at
 
 
-def _not_ours(path: Path, number: int, line: bytes) -> UsageError:
+class _TakenLines:
+    """The lines of a file as the csv module takes them: how many bytes and lines so far, the lines of
+    the record being read, and whether the last line taken ended in a newline."""
+
+    def __init__(self, file: IO[bytes], path: Path) -> None:
+        self.file, self.path = file, path
+        self.count = 0  # bytes
+        self.number = 0  # lines
+        self.record: list[bytes] = []
+        self.newline_at_end = True
+        self.ended = False
+
+    def lines(self) -> Iterator[str]:
+        for line in iter(lambda: self.file.readline(MAX_RECORD_BYTES + 1), b""):
+            self.number += 1
+            if len(line) > MAX_RECORD_BYTES:
+                raise _not_ours(self.path, self.number, line[:SHOWN_LINE_CHARS])
+            self.count += len(line)
+            self.newline_at_end = line.endswith(b"\n")
+            self.record.append(line)
+            yield line.decode("utf-8", "surrogateescape")
+        self.ended = True
+
+
+def _not_ours(path: Path, number: int, line: bytes, problem: str = "") -> UsageError:
     shown = printable(line.decode("utf-8", "replace").strip())
     shown = shown if len(shown) <= SHOWN_LINE_CHARS else shown[:SHOWN_LINE_CHARS] + "…"
-    where = f"line {number}" if number else "a line"
-    return UsageError(f"{OPTION} {path}: {where} is not one of this program's records"
-                      f"{f' ({shown!r})' if shown else ''}; choose another file, or remove it to start again")
+    quoted = f"{shown!r}" if shown else ""
+    detail = ": ".join(part for part in (problem, quoted) if part)
+    if number > 1:  # after a record or header of ours: our file, damaged; mended, it keeps every other record
+        advice = "mend or remove that line, or choose another file"
+    else:
+        advice = "choose another file, or remove it to start again"
+    return UsageError(f"{OPTION} {path}: line {number} is not one of this program's records"
+                      f"{f' ({detail})' if detail else ''}; {advice}")
 
 
 def _busy(path: Path) -> str:
@@ -201,10 +244,29 @@ def _locked(fd: int, shared: bool) -> bool:
 
 
 @contextmanager
+def appending_kept_out(path: Path, shared: bool) -> Iterator[None]:
+    """The block runs while no --resume run appends to the file now at ``path``: holding its lock, shared
+    (to look) or exclusive (to rename another file over it); CaptionError when a --resume run holds it.
+    A file renamed over one a run appends to would leave that run's records in a file no path names."""
+    try:
+        fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _OPEN_FLAGS)
+    except OSError:  # nothing there to hold, or nothing we may open: the writing itself says what is wrong
+        fd = None
+    try:
+        if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode) and not _locked(fd, shared):
+            raise CaptionError(_busy(path))
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # and the lock with it
+
+
+@contextmanager
 def appending(resumable: Resumable, retried: set[str]) -> Iterator[ResultWriter]:
     """A writer that appends to the captions file, locked against other runs and repaired first: the
-    torn end cut off, and the failed records of ``retried`` (the inputs this run captions again) left
-    out. The file keeps what was written however the run ends."""
+    torn end cut off, and left out the records a later one supersedes and the failed records of
+    ``retried`` (the inputs this run captions again). The file keeps what was written however the run
+    ends; a file that the path no longer names by then (replaced or removed) is a CaptionError."""
     path = resumable.path
     check_output_slot(path)
     try:
@@ -221,7 +283,14 @@ def appending(resumable: Resumable, retried: set[str]) -> Iterator[ResultWriter]
             sync_folder(path.parent)  # the new file's name is durable before records are
         elif (st.st_dev, st.st_ino) != resumable.identity or st.st_size != resumable.size:
             raise CaptionError(f"{OPTION} {path} changed while this run started; run it again")
-        drop = sorted(r for name in retried for r in resumable.failed.get(name, ()))
+        drop = sorted([*resumable.superseded, *(r for name in retried for r in resumable.failed.get(name, ()))])
+        if resumable.superseded:
+            logger.warning("%s recorded some inputs more than once: %d records were removed, and each input keeps "
+                           "its last record with a caption (or else its last)", printable(str(path)),
+                           len(resumable.superseded))
+        if resumable.size > resumable.end:
+            logger.warning("%s ended in a cut-off line (a run was stopped while writing it); it was removed "
+                           "and that input is captioned again", printable(str(path)))
         if drop:
             fd = _rewrite_without(resumable, drop, fd)
         elif resumable.size > resumable.end:
@@ -233,27 +302,36 @@ def appending(resumable: Resumable, retried: set[str]) -> Iterator[ResultWriter]
         os.close(fd)
         raise
     file = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="")
-    writer = _Appending(make_writer(resumable.format, file, str(path)), fresh=os.fstat(fd).st_size == 0)
+    writer = _Appending(make_writer(resumable.format, file, str(path)), path, fresh=os.fstat(fd).st_size == 0)
+    finished = False
     try:
         yield writer
+        finished = True
     finally:
         writer.sync()  # however the run ends (Ctrl-C included), what it recorded is made durable
         with contextlib.suppress(OSError):
             file.close()
+        if writer.lost and not finished:  # said now: the interruption's own message would leave it unsaid
+            logger.error("%s", printable(_lost(path)))
+    if writer.lost:
+        raise CaptionError(_lost(path))
     if writer.inner.failure is not None:
         raise CaptionError(f"cannot write {path}: {writer.inner.failure}; the records before that are kept "
                            "and --resume goes on from them")
 
 
+def _lost(path: Path) -> str:
+    return (f"{OPTION} {path} was replaced or removed while this run appended to it, so it lacks some of this "
+            "run's records (they are on standard output); run again with --resume to caption what it lacks")
+
+
 def _truncate(resumable: Resumable, fd: int) -> None:
     """Cut the file back to its last complete line: one call, which a crash cannot leave half done."""
-    logger.warning("%s ended in a cut-off line (a run was stopped while writing it); it was removed and that "
-                   "input is captioned again", printable(str(resumable.path)))
     os.ftruncate(fd, resumable.end)
     os.fsync(fd)
 
 
-def _rewrite_without(resumable: Resumable, drop: list[tuple[int, int]], fd: int) -> int:
+def _rewrite_without(resumable: Resumable, drop: list[Span], fd: int) -> int:
     """A copy of the file without the byte ranges ``drop`` and without its torn end, renamed over it:
     a crash leaves the old file or the new one. The copy is locked before it takes the file's name, so
     no other run finds it unlocked; returns it, open for appending, and closes ``fd``."""
@@ -292,14 +370,18 @@ def _copy(source: IO[bytes], out: IO[bytes], start: int, length: int) -> None:
 
 class _Appending(ResultWriter):
     """The format's own writer on the appended file: its header only in a new file, an fsync every
-    ``FSYNC_RECORDS`` records or ``FSYNC_SECONDS`` seconds."""
+    ``FSYNC_RECORDS`` records or ``FSYNC_SECONDS`` seconds. Before each record and after each fsync the
+    path is checked to still name the open file: one renamed over it (a copy, another run's file) or
+    removed would take the records on the open file out of sight, while every write still succeeds."""
 
     name = "appending"
 
-    def __init__(self, inner: ResultWriter, fresh: bool) -> None:
+    def __init__(self, inner: ResultWriter, path: Path, fresh: bool) -> None:
         super().__init__(None, inner.destination)
         self.inner = inner
         self.inner.quiet = True  # problems with the records are reported once, by the stdout writer
+        self.path = path
+        self.lost = False  # the path no longer names the open file: nothing more is written to it
         self._fresh = fresh
         self._unsynced = 0
         self._synced_at = time.monotonic()
@@ -312,6 +394,7 @@ class _Appending(ResultWriter):
         self.inner.out = out
 
     def write(self, record: CaptionRecord) -> None:
+        self._check_ours()
         self.inner.write(record)
         self.reader_gone = self.inner.reader_gone
         self._unsynced += 1
@@ -331,3 +414,18 @@ class _Appending(ResultWriter):
         except (OSError, ValueError, io.UnsupportedOperation) as exc:
             self.inner.failure = getattr(exc, "strerror", None) or str(exc)
         self._unsynced, self._synced_at = 0, time.monotonic()
+        self._check_ours()
+
+    def _check_ours(self) -> None:
+        """Stop writing, for good, once the path names another file or none."""
+        out = self.inner.out
+        if self.lost or out is None or self.inner.failure is not None:
+            return
+        try:
+            here, ours = os.lstat(self.path), os.fstat(out.fileno())
+            same = (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
+        except (OSError, ValueError):  # removed (or its folder); a closed file
+            same = False
+        if not same:
+            self.lost = True
+            self.inner.failure, self.inner.reader_gone = "replaced or removed", True
