@@ -54,6 +54,7 @@ READY = re.compile(r"serving captions at http://([\d.]+):(\d+)/")
 class Endpoint:
     host: str
     port: int
+    pid: int = 0  # the service's process
 
 
 @contextmanager
@@ -73,7 +74,7 @@ def service(models: Path, precision: Precision, workers: int, beam_size: int) ->
         else:
             raise SystemExit(f"the service did not start (exit status {proc.wait()})")
         threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its stderr drained
-        yield Endpoint(match.group(1), int(match.group(2)))
+        yield Endpoint(match.group(1), int(match.group(2)), proc.pid)
     finally:
         proc.terminate()
         proc.wait(120)

@@ -100,6 +100,25 @@ class Captioned(Generic[T]):
     runs: tuple[dict[str, float], ...] = ()  # each run's timings (several with ``repeats``)
 
 
+def _wanted() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """An image its caller has decoded and preprocessed already (a service's decoding threads), as
+    ``caption_many``'s ``read`` may give it: the model input, what it cost (milliseconds), and ``claim``,
+    asked just before the model run whether the caption is still wanted."""
+
+    chw: np.ndarray
+    timings: dict[str, float]
+    claim: Callable[[], bool] = _wanted
+
+
+class GivenUp(CaptionError):
+    """An image whose ``ModelInput.claim`` said it was no longer wanted: skipped without a model run."""
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """An image read and preprocessed, ready for a worker."""
@@ -108,6 +127,7 @@ class _Prepared:
     chw: np.ndarray
     timings: dict[str, float]
     options: DecodingOptions
+    claim: Callable[[], bool] = _wanted
 
 
 def _image_of(source: object) -> np.ndarray:
@@ -218,14 +238,15 @@ class Captioner:
                              {"preprocess": 1e3 * (time.perf_counter() - t0)})
 
     def caption_many(self, images: Iterable[T], options: DecodingOptions | None = None,
-                     read: Callable[[T], np.ndarray] | None = None, keep_images: bool = False,
+                     read: Callable[[T], np.ndarray | ModelInput] | None = None, keep_images: bool = False,
                      stop: StopRequest | None = None, repeats: int = 1,
                      options_of: Callable[[T], DecodingOptions] | None = None,
                      ordered: bool = True) -> Generator[Captioned[T], None, None]:
         """Caption many images with every worker at once, yielding the results in input order.
 
         ``images`` are BGR arrays or image files (``Path``s, read with ``read_image``), or anything ``read``
-        turns into an array; reading and preprocessing run ahead of the models in threads of their own.
+        turns into an array (or into a ``ModelInput``, preprocessed already); reading and preprocessing run
+        ahead of the models in threads of their own.
         An image that cannot be read or captioned gives a ``Captioned`` with ``error`` set, and the rest go
         on. Memory stays bounded however many images there are: a few images per worker are in flight at
         a time, and ``images`` may be a lazy iterable. ``keep_images`` hands each decoded image back (to
@@ -245,17 +266,23 @@ class Captioner:
             t0 = time.perf_counter()
             image = as_image(run[0])
             t1 = time.perf_counter()
+            asked = options if options_of is None else options_of(run[0])
+            if isinstance(image, ModelInput):
+                return _Prepared(None, image.chw, dict(image.timings), asked, image.claim)
             if not isinstance(image, np.ndarray):
                 raise CaptionError(f"not an image array: {type(image).__name__}")
             chw = preprocess(image)
             timings = {"read": 1e3 * (t1 - t0)} if image is not run[0] else {}
             timings["preprocess"] = 1e3 * (time.perf_counter() - t1)
-            asked = options if options_of is None else options_of(run[0])
             return _Prepared(image if keep_images else None, chw, timings, asked)
 
         def work_for(worker: _Worker) -> Callable[[_Prepared], tuple[np.ndarray | None, CaptionResult]]:
-            return lambda prepared: (prepared.image,
-                                     self._caption(worker, prepared.chw, prepared.options, prepared.timings))
+            def work(prepared: _Prepared) -> tuple[np.ndarray | None, CaptionResult]:
+                if not prepared.claim():
+                    raise GivenUp("no longer wanted")
+                return prepared.image, self._caption(worker, prepared.chw, prepared.options, prepared.timings)
+
+            return work
 
         runs = ((source, run) for source in images for run in range(repeats))
         done_runs: list[dict[str, float]] = []

@@ -28,7 +28,8 @@ from utils.service.options import (
 )
 
 # The web packages the service runs on, by the name they are imported as; requirements-serve.txt has them.
-SERVICE_MODULES = ("fastapi", "uvicorn", "python_multipart")
+# Import name: package name.
+SERVICE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart", "PIL": "Pillow"}
 
 
 def _address(text: str) -> Address:
@@ -115,7 +116,7 @@ def options(args: argparse.Namespace) -> ServiceOptions:
 
 
 def run(args: argparse.Namespace, captioner: CaptionerOptions) -> int:
-    missing = [name for name in SERVICE_MODULES if importlib.util.find_spec(name) is None]
+    missing = [package for name, package in SERVICE_MODULES.items() if importlib.util.find_spec(name) is None]
     if missing:
         raise CaptionError(f"--serve needs {', '.join(missing)}: python3 -m pip install -r requirements-serve.txt")
     # Imported here: the web packages are loaded only when serving.

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -20,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from utils.captioner import CaptionResult
 from utils.decoding.options import DecodingOptions
@@ -28,6 +25,7 @@ from utils.errors import CaptionError
 from utils.records import CaptionRecord, as_json
 from utils.service import ollama
 from utils.service.caption_queue import CaptionQueue, ImageRefused, QueueFull
+from utils.service.middleware import BearerToken, HeaderLimit, NoSniff, StopAnswer, error_response
 from utils.service.options import ServiceOptions
 from utils.service.params import OptionError, decoding_options, openapi_parameters
 from utils.service.uploads import (
@@ -48,7 +46,6 @@ from utils.text import printable
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-OPEN_PATHS = frozenset({"/healthz"})  # answered without the token: a liveness probe has none
 # The page and its two files come from this program only; the camera's picture and the photos shown are
 # blob: URLs made in the page.
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -56,7 +53,10 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
                "frame-ancestors 'none'")
 _PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-               "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+               "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+               # Linked from the page; /favicon.ico too, for the clients that ask for it whatever the page says.
+               "/static/favicon.svg": ("favicon.svg", "image/svg+xml"),
+               "/favicon.ico": ("favicon.svg", "image/svg+xml")}
 
 
 class ServiceState:
@@ -103,10 +103,6 @@ class ServiceState:
             raise RequestError(500, printable(str(exc))) from None
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -132,48 +128,6 @@ def _answered(handler: Handler) -> Handler:
     return route
 
 
-class BearerToken:
-    """Every request but OPEN_PATHS needs ``Authorization: Bearer TOKEN``; compared in constant time
-    (digests of equal length, so not even the length leaks). Pure ASGI, so a refused request's body is
-    never read."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self._digest = hashlib.sha256(token.encode("ascii")).digest()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
-            await self.app(scope, receive, send)
-            return
-        response = error_response(401, "this service needs a token: send 'Authorization: Bearer TOKEN'",
-                                  {"WWW-Authenticate": "Bearer", "Connection": "close"})
-        await response(scope, receive, send)
-
-    def _allowed(self, scope: Scope) -> bool:
-        given = [value for name, value in scope["headers"] if name == b"authorization"]
-        if len(given) != 1:
-            return False
-        scheme, _, credentials = given[0].partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
-        return hmac.compare_digest(hashlib.sha256(credentials.strip()).digest(), self._digest)
-
-
-class NoSniff:
-    """``X-Content-Type-Options: nosniff`` on every answer: a browser takes each as the type it says."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_marked(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
-            await send(message)
-
-        await self.app(scope, receive, send_marked if scope["type"] == "http" else send)
-
-
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     words = {400: "a malformed request", 401: "no token or a wrong one (with --token)",
              408: "the body did not arrive in time (--client-timeout)", 413: "the body is over --max-upload-mb",
@@ -182,6 +136,31 @@ def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
              504: "no caption within --request-timeout"}
     schema = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
     return {code: {"description": words[code], "content": {"application/json": {"schema": schema}}} for code in codes}
+
+
+_GENERATE_FIELDS = {"model": {"type": "string"}, "created_at": {"type": "string"}, "response": {"type": "string"},
+                    "done": {"type": "boolean"}}
+# Ollama's answer: one object with "stream": false; else (the default) lines of JSON, the caption first and
+# then the closing object with the timings.
+_GENERATED = {"description": "the caption in 'response'", "content": {
+    "application/json": {"schema": {"type": "object", "required": list(_GENERATE_FIELDS),
+                                    "properties": _GENERATE_FIELDS}},
+    "application/x-ndjson": {"schema": {"type": "string"}}}}
+
+
+def _status_responses(*refused: str) -> dict[int | str, dict[str, Any]]:
+    """/healthz and /readyz: ``{"status": ...}`` with 200, and with 503 in the states ``refused`` lists."""
+    ready = ["ok"] if refused == ("loading",) else ["ready"]
+    counts = {} if refused == ("loading",) else {name: {"type": "integer", "minimum": 0}
+                                                for name in ("pending", "capacity", "workers")}
+
+    def schema(states: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+        return {"content": {"application/json": {"schema": {
+            "type": "object", "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": states}, **extra}}}}}
+
+    return {200: {"description": "taking requests", **schema(ready, counts)},
+            503: {"description": " or ".join(refused), **schema(list(refused), counts)}}
 
 
 def create_app(state: ServiceState) -> FastAPI:
@@ -201,15 +180,17 @@ def create_app(state: ServiceState) -> FastAPI:
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return error_response(422, printable(str(exc))[:300])
 
-    @app.get("/healthz", summary="200 once the models are loaded, 503 before", responses=_error_responses(503))
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="200 once the models are loaded, 503 before",
+                   responses=_status_responses("loading"))
     @_answered
     async def healthz(_request: Request) -> Response:
         if state.queue is None:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", summary="200 while new requests are taken; 503 while loading, stopping or full",
-             responses=_error_responses(503))
+    @app.api_route("/readyz", methods=["GET", "HEAD"],
+                   summary="200 while new requests are taken; 503 while loading, stopping or full",
+                   responses=_status_responses("loading", "stopping", "full"))
     @_answered
     async def readyz(_request: Request) -> Response:
         queue = state.queue
@@ -265,11 +246,12 @@ def create_app(state: ServiceState) -> FastAPI:
         return JSONResponse(as_json(CaptionRecord(upload.name, result)))
 
     @app.post("/api/generate", summary="Ollama's /api/generate, the subset that captions one image",
-              responses=_error_responses(400, 401, 408, 413, 422, 503, 504),
+              responses={200: _GENERATED, **_error_responses(400, 401, 408, 413, 422, 503, 504)},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "type": "object", "required": ["model", "images"], "properties": {
-                      "model": {"type": "string"}, "images": {"type": "array", "items": {"type": "string"},
-                                                              "minItems": 1, "maxItems": 1},
+                      "model": {"type": "string", "minLength": 1},
+                      "images": {"type": "array", "items": {"type": "string", "format": "byte", "minLength": 1},
+                                 "minItems": 1, "maxItems": 1},
                       "stream": {"type": "boolean", "default": True}, "prompt": {"type": "string"}}}}}}})
     @_answered
     async def generate(request: Request) -> Response:
@@ -281,10 +263,10 @@ def create_app(state: ServiceState) -> FastAPI:
                             BodyLimits(ollama.max_body_bytes(options.max_upload_bytes), options.client_timeout_s),
                             state.budget, deadline)
         try:
-            body = await read_raw(reader.chunks())
+            # Parsed in a thread, its bytes still counted in the budget: a large body stalls no one.
+            asked = await asyncio.to_thread(ollama.parse_request, await read_raw(reader.chunks()))
         finally:
             reader.release()
-        asked = ollama.parse_request(body)
         result = await state.caption(asked.image, options.decoding)
         answers = ollama.responses(asked, result, time.perf_counter() - started)
         if not asked.stream:
@@ -295,12 +277,16 @@ def create_app(state: ServiceState) -> FastAPI:
     for path, (content, kind) in pages.items():
         app.add_api_route(path, _page(content, kind), methods=["GET", "HEAD"], include_in_schema=False)
 
-    app.add_middleware(NoSniff)
+    # The last added is the outermost: CORS before the token (a browser's preflight carries none), and
+    # every answer, a refusal by any of them included, through NoSniff.
     if options.token is not None:
         app.add_middleware(BearerToken, token=options.token)
-    if options.cors_origins:  # outermost: a browser's preflight carries no token
+    if options.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "Content-Disposition"], max_age=600)
+    app.add_middleware(HeaderLimit)
+    app.add_middleware(StopAnswer)
+    app.add_middleware(NoSniff)
     return app
 
 

@@ -2,9 +2,11 @@
 requests as they come, so that concurrent requests share the workers (never more model runs at once than
 workers), each with its own decoding options, each result handed back to its request as soon as it is done.
 
-Requests are admitted up to a bound (waiting plus being captioned); past it, ``submit`` refuses at once
-with an estimate of when to retry. A request whose caller gave up (its time limit) before a reading thread
-took it is skipped, without a model run.
+Each upload is decoded and preprocessed in the decoding lanes (utils/service/decode_lanes.py), so that
+a decompression bomb delays no ordinary photo, and only then joins the models' queue. Requests are
+admitted up to a bound (decoding, waiting and being captioned); past it, ``submit`` refuses at once with
+an estimate of when to retry. A request whose caller gave up (its time limit) is dropped wherever it is
+waiting: before its decoding, or before its model run.
 """
 
 from __future__ import annotations
@@ -17,12 +19,10 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from utils.captioner import Captioned, Captioner, CaptionResult
+from utils.captioner import Captioned, Captioner, CaptionResult, GivenUp, ModelInput
 from utils.decoding.options import DecodingOptions
 from utils.errors import CaptionError
-from utils.preprocess import decode_image_bytes
+from utils.service.decode_lanes import DecodeLanes, decode
 from utils.stopping import StopRequest, join_unless_insisted
 
 logger = logging.getLogger(__name__)
@@ -43,18 +43,16 @@ class ImageRefused(CaptionError):
     one a file would get)."""
 
 
-class _Skipped(CaptionError):
-    """A request given up before its image was read."""
-
-
 @dataclass
 class CaptionJob:
-    """One request's image on its way through the workers."""
+    """One request's image on its way through the lanes and the workers. Its future turns running just
+    before the model run: until then, a caller that gives up cancels it and the job is dropped."""
 
     data: bytes  # the upload; dropped once decoded
     name: str  # what the messages call it: the upload's file name
     options: DecodingOptions
     future: Future[CaptionResult] = field(default_factory=Future)
+    decoded: ModelInput | None = None
 
 
 class CaptionQueue:
@@ -69,7 +67,8 @@ class CaptionQueue:
         self._closed = False
         self._caption_s = _FIRST_GUESS_S  # a moving average of one caption's model time
         self._abandon = StopRequest()  # set only to give up on the model runs in progress (a second signal)
-        self._results = captioner.caption_many(self._jobs(), read=self._decode, options_of=lambda job: job.options,
+        self._lanes = DecodeLanes(max(2, captioner.workers))
+        self._results = captioner.caption_many(self._jobs(), read=_decoded, options_of=lambda job: job.options,
                                                ordered=False, stop=self._abandon)
         self._thread = threading.Thread(target=self._answer, name="caption-queue", daemon=True)
         self._thread.start()
@@ -94,7 +93,7 @@ class CaptionQueue:
                 raise QueueFull(f"{self._pending} requests are already waiting or being captioned, the most "
                                 "this service takes (--queue-size); retry later", self.retry_after_s())
             self._pending += 1
-        self._incoming.put(job)
+        self._lanes.submit(data, lambda: self._decode(job))
         return job.future
 
     def retry_after_s(self) -> int:
@@ -106,6 +105,7 @@ class CaptionQueue:
         up on the model runs in progress instead of waiting for them."""
         with self._lock:
             self._closed = True
+        self._lanes.close()
         self._incoming.put(None)
         join_unless_insisted(self._thread, stop)
         if stop is not None and stop.insisted:
@@ -116,15 +116,30 @@ class CaptionQueue:
         while (job := self._incoming.get()) is not None:
             yield job
 
-    def _decode(self, job: CaptionJob) -> np.ndarray:
-        """In a reading thread: the upload's image, unless its request was given up meanwhile."""
-        if not job.future.set_running_or_notify_cancel():
-            raise _Skipped(job.name)
+    def _decode(self, job: CaptionJob) -> None:
+        """In a decoding lane: the upload, ready for the models, into the models' queue; unless its
+        request was given up meanwhile, or it is not an image."""
         data, job.data = job.data, b""
+        if job.future.cancelled():
+            self._release()
+            return
         try:
-            return decode_image_bytes(data, job.name)
+            decoded = decode(data, job.name)
         except CaptionError as exc:
-            raise ImageRefused(str(exc)) from None
+            self._release()
+            job.future.set_exception(ImageRefused(str(exc)))
+            return
+        except BaseException as exc:  # a bug: the request gets an answer all the same
+            self._release()
+            job.future.set_exception(CaptionError(f"{job.name}: {type(exc).__name__}: {exc}"))
+            return
+        del data
+        job.decoded = ModelInput(decoded.chw, decoded.timings, job.future.set_running_or_notify_cancel)
+        self._incoming.put(job)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._pending -= 1
 
     def _answer(self) -> None:
         try:
@@ -136,9 +151,9 @@ class CaptionQueue:
 
     def _deliver(self, done: Captioned[CaptionJob]) -> None:
         job = done.source
-        with self._lock:
-            self._pending -= 1
-        if isinstance(done.error, _Skipped):
+        job.decoded = None
+        self._release()
+        if isinstance(done.error, GivenUp):
             return
         if done.error is not None or done.result is None:
             job.future.set_exception(done.error or CaptionError(f"{job.name}: no caption"))
@@ -158,3 +173,10 @@ class CaptionQueue:
                 return
             if job is not None and job.future.set_running_or_notify_cancel():
                 job.future.set_exception(CaptionError(f"the caption queue stopped: {type(exc).__name__}"))
+
+
+def _decoded(job: CaptionJob) -> ModelInput:
+    """What the models' queue is given: a job its lane has decoded."""
+    if job.decoded is None:
+        raise CaptionError(f"{job.name}: not decoded")
+    return job.decoded

@@ -17,11 +17,12 @@ DEFAULT_QUEUE_SIZE = 32
 MAX_QUEUE_SIZE = 10_000
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_CLIENT_TIMEOUT_S = 30.0
-# Connections open at once (uvicorn's limit_concurrency; beyond it a new request gets 503). Each costs a
+# Connections open at once (utils/service/protocol.py; beyond it a new request gets 503). Each costs a
 # file descriptor and a few KB until the client timeout closes it.
 MAX_CONNECTIONS = 512
-# Request headers (line and fields together; h11's bound on an incomplete event): 16 KiB, as uvicorn's default.
+# Request headers (line and fields together): 16 KiB, as uvicorn's default, and 100 fields, as Python's http.client.
 MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 100
 MAX_NAME_CHARS = 255  # an upload's file name, as echoed back in "input"
 
 

@@ -10,7 +10,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import fields, replace
 from typing import Any
 
-from utils.decoding.options import DecodingOptions, LengthPenalty, SampleMethod
+from utils.decoding.options import (
+    MAX_BEAM_SIZE,
+    MAX_DIVERSITY_LAMBDA,
+    MAX_GROUPS,
+    MAX_LENGTH,
+    MAX_SEED,
+    TEMPERATURE_RANGE,
+    DecodingOptions,
+    LengthPenalty,
+    SampleMethod,
+)
 from utils.text import printable
 
 _TRUE = ("1", "true", "yes", "on")
@@ -63,6 +73,18 @@ _BY_TYPE: dict[object, tuple[Callable[[str], Any], dict[str, Any]]] = {
 }
 
 
+# The bounds DecodingOptions checks, for the OpenAPI description. What one option allows given another
+# (group_size at most beam_size, nbest at most the captions the method gives) no schema can say: such a
+# request is a 422 naming the rule.
+_RANGES: dict[str, tuple[float, float]] = {
+    "beam_size": (1, MAX_BEAM_SIZE), "nbest": (1, MAX_BEAM_SIZE), "group_size": (1, MAX_GROUPS),
+    "max_length": (1, MAX_LENGTH), "temperature": TEMPERATURE_RANGE,
+    "diversity_lambda": (-MAX_DIVERSITY_LAMBDA, MAX_DIVERSITY_LAMBDA), "seed": (0, MAX_SEED),
+}
+_PATTERNS = {"length_penalty": r"^(|none|(wu|avg)_[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)$",
+             "sample_method": r"^(greedy|sample|top(\d+|\d*\.\d+))$"}
+
+
 def parsers() -> dict[str, tuple[Callable[[str], Any], dict[str, Any]]]:
     """Each query parameter's parser and schema, by name."""
     hints = typing.get_type_hints(DecodingOptions)
@@ -100,7 +122,12 @@ def openapi_parameters(defaults: DecodingOptions) -> list[dict[str, Any]]:
         value = getattr(defaults, name)
         shown = value if isinstance(value, bool | int | float) else _shown(value)
         default = {} if value is None else {"default": shown}
-        out.append({"name": name, "in": "query", "required": False, "schema": {**schema, **default},
+        bounds: dict[str, Any] = {}
+        if name in _RANGES:
+            bounds = {"minimum": _RANGES[name][0], "maximum": _RANGES[name][1]}
+        if name in _PATTERNS:
+            bounds = {"pattern": _PATTERNS[name]}
+        out.append({"name": name, "in": "query", "required": False, "schema": {**schema, **default, **bounds},
                     "description": f"as --{name.replace('_', '-')} (docs/decoding.md)"})
     return out
 

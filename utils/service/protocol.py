@@ -1,4 +1,4 @@
-"""uvicorn's h11 protocol with a time limit on each request's headers.
+"""uvicorn's h11 protocol with a time limit on each request's headers, and a bound on connections.
 
 uvicorn closes a connection left idle between requests (its keep-alive time-out), but a client that
 sends its headers a byte at a time (slowloris) keeps the connection for ever: every byte restarts
@@ -6,6 +6,9 @@ nothing and no time-out covers the headers. Here a connection waiting for a requ
 ``header_timeout_s`` to send all of them, and is closed after that. Bodies have their own deadline
 where the application reads them (utils/service/uploads.py). The event loop serves the other
 connections meanwhile either way: a slow client costs a socket, never a thread.
+
+Past ``max_connections`` connections (or requests running) at once, a request gets the service's own 503,
+JSON with ``nosniff`` like every other answer; uvicorn's own (``limit_concurrency``) is plain text.
 """
 
 from __future__ import annotations
@@ -13,11 +16,38 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from utils.service.middleware import NOSNIFF, error_response
+
+
+class ConnectionGate:
+    """The application behind one connection, refusing a request while too many are open."""
+
+    def __init__(self, app: ASGIApp, connections: set[Any], tasks: set[Any], limit: int) -> None:
+        self.app = app
+        self._connections = connections
+        self._tasks = tasks  # this request's own task is among them
+        self._limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if len(self._connections) > self._limit or len(self._tasks) > self._limit:
+            response = error_response(503, f"the service has {self._limit} connections open, the most it "
+                                           "takes; retry later", {"Connection": "close", "Retry-After": "1"})
+            response.raw_headers.append(NOSNIFF)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class HeaderDeadlineProtocol(H11Protocol):
-    header_timeout_s = 30.0  # set by ``with_header_timeout``
+    header_timeout_s = 30.0  # set by ``service_protocol``
+    max_connections = 512
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = ConnectionGate(self.app, self.connections, self.tasks, self.max_connections)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -56,6 +86,7 @@ class HeaderDeadlineProtocol(H11Protocol):
             self.transport.close()
 
 
-def with_header_timeout(seconds: float) -> type[HeaderDeadlineProtocol]:
-    """The protocol class for uvicorn's ``Config(http=...)``, with this time limit."""
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": seconds})
+def service_protocol(header_timeout_s: float, max_connections: int) -> type[HeaderDeadlineProtocol]:
+    """The protocol class for uvicorn's ``Config(http=...)``, with these limits."""
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,),
+                {"header_timeout_s": header_timeout_s, "max_connections": max_connections})

@@ -1,0 +1,111 @@
+"""The service's pure-ASGI layers, around every route: the token, the header limits, one clean answer
+for requests cut short by a forced stop, and ``X-Content-Type-Options: nosniff`` on every answer. Each
+refusal is the service's one JSON shape, ``{"error": "one line"}``."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from utils.service.options import MAX_HEADER_BYTES, MAX_HEADERS
+
+OPEN_PATHS = frozenset({"/healthz"})  # answered without the token: a liveness probe has none
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class BearerToken:
+    """Every request but OPEN_PATHS needs ``Authorization: Bearer TOKEN``; compared in constant time
+    (digests of equal length, so not even the length leaks). Pure ASGI, so a refused request's body is
+    never read."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._digest = hashlib.sha256(token.encode("ascii")).digest()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(401, "this service needs a token: send 'Authorization: Bearer TOKEN'",
+                                  {"WWW-Authenticate": "Bearer", "Connection": "close"})
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        given = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(given) != 1:
+            return False
+        scheme, _, credentials = given[0].partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(hashlib.sha256(credentials.strip()).digest(), self._digest)
+
+
+class HeaderLimit:
+    """At most MAX_HEADERS header fields and MAX_HEADER_BYTES of request line and headers together. h11
+    bounds only headers still arriving; these bound those that came in one piece."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + sum(
+                len(name) + len(value) + 4 for name, value in headers)
+            if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
+                response = error_response(431, f"the request's headers are over {MAX_HEADERS} fields or "
+                                               f"{MAX_HEADER_BYTES // 1024} KiB", {"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class StopAnswer:
+    """A request still running when a second Ctrl-C or SIGTERM forces the service to stop is cancelled:
+    its client gets a 503 saying so (or, if its answer had begun, a closed connection), and the server
+    logs nothing for it (uvicorn would log a traceback for each)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except asyncio.CancelledError:
+            if not started:
+                response = error_response(503, "the service was stopped before this request was answered",
+                                          {"Connection": "close"})
+                await response(scope, receive, send)
+
+
+class NoSniff:
+    """``X-Content-Type-Options: nosniff`` on every answer: a browser takes each as the type it says."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), NOSNIFF]
+            await send(message)
+
+        await self.app(scope, receive, send_marked if scope["type"] == "http" else send)
