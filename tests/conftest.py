@@ -1,12 +1,16 @@
-"""Shared fixtures: a model set built with the published interfaces, and the CLI in a subprocess."""
+"""Shared fixtures: a model set built with the published interfaces, and the CLI in a subprocess; and
+the test tiers: every test that starts a process (the CLI, a server, a browser, Ray, Java, ExifTool) is
+marked ``process``, here and only here, so that ``python3 -m pytest -m "not process"`` is the fast loop."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -86,3 +90,62 @@ def run_cli(tmp_path: Path) -> RunCli:
         return proc
 
     return run
+
+
+# Starting a process is seen three ways: a fixture that starts one (with everything that uses it), a
+# test whose code (or a helper of the tests' it calls) uses one of these names, or a test module whose
+# tests run a process through the program's own code (ExifTool, Java). A test the rules miss
+# fails in the fast tier the moment it starts a process (``_no_process_in_the_fast_tier``), naming it.
+PROCESS_FIXTURES = frozenset({"run_cli", "service", "served", "served_models"})
+PROCESS_NAMES = frozenset({"subprocess", "start_service", "sync_playwright", "Popen", "run_cli"})
+# Modules whose tests call the program's own code that runs ExifTool or Java (pycocoevalcap).
+PROCESS_MODULES = frozenset({"test_evaluation", "test_hostile_exiftool", "test_metadata"})
+
+
+def _uses_process_names(code: types.CodeType, module: types.ModuleType, seen: set[types.CodeType]) -> bool:
+    """Whether ``code``, its nested functions, or the tests' helpers it calls, name a process starter."""
+    if code in seen:
+        return False
+    seen.add(code)
+    if PROCESS_NAMES & set(code.co_names) or PROCESS_NAMES & set(code.co_varnames):
+        return True
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType) and _uses_process_names(const, module, seen):
+            return True
+    for name in code.co_names:
+        helper = getattr(module, name, None)
+        if isinstance(helper, types.FunctionType) and helper.__module__.startswith("tests"):
+            helper_module = sys.modules[helper.__module__]
+            if _uses_process_names(helper.__code__, helper_module, seen):
+                return True
+    return False
+
+
+def starts_processes(item: pytest.Item) -> bool:
+    module = getattr(item, "module", None)
+    function = getattr(item, "function", None)
+    if module is None or function is None:
+        return False
+    if module.__name__.rpartition(".")[2] in PROCESS_MODULES:
+        return True
+    if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    return _uses_process_names(inspect.unwrap(function).__code__, module, set())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if starts_processes(item):
+            item.add_marker(pytest.mark.process)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_in_the_fast_tier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test outside the ``process`` tier that starts a process fails, so the rules above stay true."""
+    if request.node.get_closest_marker("process") is None:
+        def refuse(self: subprocess.Popen[bytes], args: object, *rest: object, **kwargs: object) -> None:
+            raise AssertionError(f"{request.node.nodeid} starts a process ({args!r:.200}) but is not marked "
+                                 "'process': add its fixture, name or module to tests/conftest.py")
+
+        monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    yield
