@@ -6,12 +6,15 @@ Python tests share one local runtime of 2 CPUs per module, since each start cost
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +30,7 @@ from tests.conftest import ROOT, SAMPLE, SCRIPT, RunCli, cli_env
 from tests.reference import imread
 from utils.batch import BatchCaptioner
 from utils.captioner import CaptionerOptions
-from utils.ray_images import INSTALL, RayJob, run_ray
+from utils.ray_images import INSTALL, RayJob, local_runtime, run_ray
 from utils.runtime import RuntimeOptions
 
 PHOTOS = 40
@@ -81,13 +84,26 @@ def plain40(shared_models: Path, photos40: list[Path], tmp_path_factory: pytest.
 
 @pytest.fixture(scope="module")
 def ray_runtime() -> Iterator[object]:
-    """One local Ray runtime of 2 CPUs for this module's in-process tests, with this project's code."""
+    """One local Ray runtime of 2 CPUs for this module's in-process tests, with this project's code: the
+    one --ray starts (on 127.0.0.1 only, in a temporary folder of its own)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
-             job_config=ray.job_config.JobConfig(code_search_path=[str(ROOT)]))
-    yield ray
-    ray.shutdown()
+    with local_runtime(ray, num_cpus=2, logging_level=logging.ERROR,
+                       job_config=ray.job_config.JobConfig(code_search_path=[str(ROOT)])):
+        yield ray
+
+
+@pytest.fixture
+def short_tmpdir() -> Iterator[Path]:
+    """A TMPDIR for a run, short enough for Ray's sockets below it (tmp_path is not: Ray would refuse it)."""
+    folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp" if os.path.isdir("/tmp") else None))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _left_in(folder: Path) -> list[str]:
+    """What a run left in its TMPDIR, less ONNX Runtime's own .ses file (written by its import)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".ses")
 
 
 def _options(models: Path) -> CaptionerOptions:
@@ -236,6 +252,164 @@ def test_an_address_nothing_answers_at_is_one_line(run_cli: RunCli, models: Path
     assert not out.exists()
 
 
+def test_inputs_that_cannot_be_listed_are_row_errors(run_cli: RunCli, shared_models: Path, photos40: list[Path],
+                                                     plain40: Captions, tmp_path: Path) -> None:
+    # Each URI is listed on its own: one Ray listing of them all failed the whole run ("internal error").
+    spaced = tmp_path / "in" / "a photo.png"
+    spaced.parent.mkdir()
+    shutil.copy(photos40[1], spaced)
+    (tmp_path / "empty").mkdir()
+    missing = f"file://{tmp_path}/missing.jpg"
+    inputs = [missing, "foo://bucket/x.jpg", str(photos40[0]), f"file://{spaced}", f"file://{tmp_path}/empty/"]
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("-i", *inputs, "--ray", "--workers", "2", "--captions-file", out, "--model-dir", shared_models,
+                   "--offline", "--onnx", timeout=300)
+    errors = [f"{missing} does not exist",
+              "foo://bucket/x.jpg: unknown URI scheme foo:// (pyarrow reads file://, s3://, gs://, abfs:// and hdfs://)",
+              f"folder file://{tmp_path}/empty/ has no images (jpg, jpeg, png, bmp, webp, tif, tiff)"]
+    assert proc.returncode == 1, proc.stderr  # as for a missing file without --ray: the others are written
+    assert proc.stderr.splitlines() == [f"ERROR: {e}" for e in errors]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[:3] == [{"input": name, "caption": None, "error": error}  # what names no file comes first
+                           for name, error in zip([inputs[0], inputs[1], inputs[4]], errors, strict=True)]
+    assert [r["input"] for r in records[3:]] == [str(photos40[0]), f"file://{spaced}"]
+    _assert_same([(str(p), r["caption"], r["confidence"]) for p, r in zip(photos40[:2], records[3:], strict=True)],
+                 {str(p): plain40[str(p)] for p in photos40[:2]})
+
+
+def test_ray_warnings_stay_off_stderr(run_cli: RunCli, shared_models: Path, photos40: list[Path],
+                                      tmp_path: Path) -> None:
+    # One photo for two actors made Ray Data warn about its concurrency (a UserWarning, on stderr).
+    out = tmp_path / "out.csv"
+    proc = run_cli("-i", photos40[0], "--ray", "--workers", "2", "--captions-file", out, "--model-dir",
+                   shared_models, "--offline", "--onnx", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if "Warning" in line], proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_a_local_runtime_leaves_no_temporary_folder(shared_models: Path, photos40: list[Path], tmp_path: Path,
+                                                    short_tmpdir: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, str(SCRIPT), "-i", str(photos40[0]), "--ray", "--captions-file", str(out),
+               "--model-dir", str(shared_models), "--offline", "--onnx"]
+    env = cli_env({"TMPDIR": str(short_tmpdir)})
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert _left_in(short_tmpdir) == [] and out.exists()  # Ray's session_* logs were left in TMPDIR/ray
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_leaves_no_temporary_folder(shared_models: Path, photos40: list[Path], tmp_path: Path,
+                                                       short_tmpdir: Path, signum: int) -> None:
+    out = tmp_path / "out.parquet"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "-i", str(photos40[0].parent), "--ray", "--captions-file",
+                             str(out), "--model-dir", str(shared_models), "--offline", "--onnx", "--debug"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=cli_env({"TMPDIR": str(short_tmpdir)}), stdin=subprocess.DEVNULL)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the runtime is up once the actors are planned
+            lines.append(line)
+            if " actors with " in line:
+                break
+        assert _left_in(short_tmpdir), "the runtime keeps nothing in TMPDIR"  # its logs and sockets are there
+        proc.send_signal(signum)
+        lines += proc.stderr.readlines()
+        assert proc.wait(timeout=120) == 128 + signum, "".join(lines[-30:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "ERROR: interrupted" in lines[-1]
+    assert _left_in(short_tmpdir) == [] and not out.exists()
+
+
+# What a probe prints: the addresses the local runtime of --ray reports, and those its processes listen on.
+LOOPBACK_PROBE = r"""
+import json, os, re, ray
+from utils.ray_images import _ray_runtime
+
+def listening(pids):
+    inodes = set()
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for name in names:
+            try:
+                found = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(f"/proc/{pid}/fd/{name}"))
+            except OSError:
+                continue
+            if found:
+                inodes.add(found.group(1))
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                addresses.append(fields[1].split(":")[0])
+    return addresses
+
+def descendants(root):
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    found, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found
+
+with _ray_runtime(ray, None):
+    print(json.dumps({"nodes": [n["NodeManagerAddress"] for n in ray.nodes()],
+                      "gcs": ray.get_runtime_context().gcs_address,
+                      "listening": listening(descendants(os.getpid()))}))
+"""
+
+
+def _hex_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address of /proc/net/tcp or tcp6: hexadecimal, in 32-bit words of the host's byte order."""
+    raw = bytes.fromhex(text)
+    data = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)) if sys.byteorder == "little" else raw
+    address = ipaddress.ip_address(data)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
+
+
+def _loopback(host_port: str) -> bool:
+    return ipaddress.ip_address(host_port.rsplit(":", 1)[0].strip("[]")).is_loopback
+
+
+def test_the_local_runtime_of_ray_is_on_loopback_only(tmp_path: Path) -> None:
+    # Ray 2.60 made 127.0.0.1 this machine's network address, and its servers listened on every interface.
+    proc = subprocess.run([sys.executable, "-c", LOOPBACK_PROBE], capture_output=True, text=True, cwd=tmp_path,
+                          env=cli_env(), timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["nodes"] and all(ipaddress.ip_address(a).is_loopback for a in found["nodes"]), found
+    assert _loopback(found["gcs"]), found
+    if Path("/proc/net/tcp").exists():  # Linux: what the raylet, GCS and object manager really listen on
+        assert found["listening"], found
+        assert all(_hex_address(a).is_loopback for a in found["listening"]), found
+
+
+def test_the_tests_runtime_is_on_loopback_only(ray_runtime: object) -> None:
+    import ray
+
+    addresses = [node["NodeManagerAddress"] for node in ray.nodes()]
+    assert addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses), addresses
+    assert _loopback(ray.get_runtime_context().gcs_address)
+
+
 # --- BatchCaptioner, without Ray ------------------------------------------------------------------
 
 def test_batch_captioner_on_dict_and_pandas_batches(models: Path, photos40: list[Path], plain40: Captions) -> None:
@@ -265,6 +439,19 @@ def test_batch_captioner_on_dict_and_pandas_batches(models: Path, photos40: list
     assert result["error"][:2].isna().all()
     assert result["caption"][2:].isna().all()
     assert result["error"][2].startswith("nothing: ") and result["error"][3] == "empty: image has no pixels"
+
+
+def test_batch_captioner_keeps_the_errors_a_batch_brings(models: Path, photos40: list[Path],
+                                                         plain40: Captions) -> None:
+    # --ray's read step hands on a file it could not read as its row's error, with no bytes.
+    batch = {"path": np.array([str(photos40[0]), "gone.png", str(photos40[1])], dtype=object),
+             "bytes": np.array([photos40[0].read_bytes(), None, photos40[1].read_bytes()], dtype=object),
+             "error": np.array([None, "cannot read gone.png: No such file or directory", None], dtype=object)}
+    out = BatchCaptioner(_options(models), drop=("bytes",))(batch)
+    assert set(out) == {"path", "caption", "confidence", "error"}
+    assert list(out["error"]) == [None, "cannot read gone.png: No such file or directory", None]
+    assert list(out["caption"]) == [plain40[str(photos40[0])][0], None, plain40[str(photos40[1])][0]]
+    assert np.isnan(out["confidence"][1])
 
 
 def test_batch_captioner_names_a_batch_without_its_columns(models: Path) -> None:
@@ -322,3 +509,32 @@ def test_run_ray_writes_every_input_once_with_its_error(ray_runtime: object, sha
                  {name: plain40[name] for name in inputs[:6]})
     assert [p.name for p in out.parent.iterdir()] == [out.name]
     assert ray_runtime.is_initialized()  # type: ignore[attr-defined]  # the caller's runtime stays up
+
+
+def test_a_file_that_cannot_be_read_is_its_rows_error(ray_runtime: object, shared_models: Path,
+                                                      photos40: list[Path], plain40: Captions, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Listed, then gone before Ray reads it: Ray's read task failed the whole run ("the Ray run failed").
+    import utils.ray_images
+
+    gone = tmp_path / "gone.png"
+    shutil.copy(photos40[2], gone)
+    listed = utils.ray_images.expand_inputs
+
+    def listed_then_removed(specs: list[str]) -> list[object]:
+        items = listed(specs)
+        if str(gone) in specs:
+            gone.unlink()
+        return items  # type: ignore[return-value]
+
+    monkeypatch.setattr(utils.ray_images, "expand_inputs", listed_then_removed)
+    out = tmp_path / "captions.jsonl"
+    inputs = [str(photos40[0]), str(gone), str(photos40[1])]
+    status = run_ray(RayJob(inputs=inputs, address=None, captions_file=out, actors=2), _options(shared_models))
+    assert status == 1
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["input"] for r in records] == inputs
+    assert records[1] == {"input": str(gone), "caption": None,
+                          "error": f"cannot read {gone}: No such file or directory"}
+    _assert_same([(r["input"], r["caption"], r["confidence"]) for r in (records[0], records[2])],
+                 {str(p): plain40[str(p)] for p in photos40[:2]})

@@ -6,7 +6,9 @@ with a ``path`` column and either ``bytes`` (each image file's bytes, as ``read_
 them; decoded exactly as the command line decodes files) or ``image`` (decoded RGB arrays, as
 ``read_images`` gives them). The same batch comes back with three columns more: ``caption`` (text, or
 None), ``confidence`` (float, NaN where there is no caption) and ``error`` (None, or why that row has
-no caption). A row that cannot be decoded or captioned fails alone: its error stays in its row.
+no caption). A row that cannot be decoded or captioned fails alone: its error stays in its row. A batch
+may bring an ``error`` column of its own (a read step before this one: utils/ray_images.py): a row with
+an error there keeps it and is not captioned.
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ class BatchCaptioner:
         captions = np.full(rows, None, dtype=object)
         confidences = np.full(rows, np.nan, dtype=np.float64)
         errors = np.full(rows, None, dtype=object)
+        todo: list[int] = []  # the rows to caption: those that bring no error of their own
+        given = columns.get("error")
+        for row in range(rows):
+            # A column of no errors at all comes through Ray as None or NaN throughout: only text is one.
+            if given is not None and isinstance(given[row], str) and given[row]:
+                errors[row] = _one_line(given[row])
+            else:
+                todo.append(row)
 
         def read(row: int) -> np.ndarray:
             try:
@@ -63,7 +73,7 @@ class BatchCaptioner:
             except Exception as exc:  # a value of another type in the column: that row's problem only
                 raise CaptionError(f"{_shown(paths[row])}: {first_line(exc)}") from None
 
-        for done in self.captioner.caption_many(range(rows), self.decoding, read=read):
+        for done in self.captioner.caption_many(todo, self.decoding, read=read):
             row = done.source
             if done.result is None:
                 message = str(done.error) if done.error is not None else "no caption"

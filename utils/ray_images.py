@@ -1,7 +1,9 @@
 """-i PATHS --ray [ADDRESS]: image mode on a Ray cluster, with Ray Data doing the distribution
-(docs/large-runs.md). Ray reads the files (local paths, or any URI pyarrow reads: s3://, gs://, ...),
-``BatchCaptioner`` actors caption them (utils/batch.py), and this process, the driver, writes the rows as
-they come into one --captions-file: Parquet, JSON Lines, CSV or TSV, atomically as always.
+(docs/large-runs.md). This process, the driver, lists every input on its own (local paths, or any URI
+pyarrow reads: s3://, gs://, ...), Ray's tasks read the files, ``BatchCaptioner`` actors caption them
+(utils/batch.py), and the driver writes the rows as they come into one --captions-file: Parquet, JSON
+Lines, CSV or TSV, atomically as always. Every input is a row: one that cannot be listed, opened or read
+is that row's error, and the others go on.
 
 Ray's own retries make the run whole: a task whose actor dies (a killed process, a lost node) is run
 again on a restarted actor, and only a task that finished hands its rows on, so no caption is lost and
@@ -15,9 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import signal
 import socket
 import sys
-from collections.abc import Iterator
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -30,9 +37,11 @@ from utils.captioner import CaptionerOptions, default_workers
 from utils.decoding.options import DecodingOptions
 from utils.errors import CaptionError, first_line
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
-from utils.inputs import IMAGE_EXTENSIONS, expand_inputs
+from utils.inputs import IMAGE_EXTENSIONS, expand_inputs, is_image_name
 from utils.limits import MAX_IMAGE_PIXELS_ENV, decoding_limit
 from utils.output.rows import OUTPUT_FORMATS, RowsFile
+from utils.preprocess import max_image_file_bytes, read_image_bytes
+from utils.stopping import program_interrupts
 from utils.text import printable
 
 logger = logging.getLogger(__name__)
@@ -47,10 +56,29 @@ CALLS_PER_ACTOR = 4
 # What a cluster started elsewhere gets of this project: its code, not model files or test data.
 UPLOAD_EXCLUDES = [".git", "**/__pycache__", "/models/*", "!/models/*.py", "/bench/models", "/bench/out",
                    "/tests", "/samples", "/docs"]
+# Blocks of input rows at most, each read by one task and captioned by one actor call: enough for
+# thousands of actors, few enough that Ray's bookkeeping of millions of inputs stays small.
+MAX_BLOCKS = 4096
 MAX_SHOWN_ERROR = 300
 CONNECT_TIMEOUT_S = 10
+LOCAL = -1  # a row's file system: a path this node reads itself (a local path or a file:// URI)
+LOOPBACK = "127.0.0.1"
+# Ray 2.60 turns a node address of 127.0.0.1 into this machine's network address
+# (services.resolve_ip_for_localhost), and its servers then listen on every interface, unless Ray runs as
+# one machine's runtime: what this variable asks for. Ray reads it when it is imported
+# (ray_constants.ENABLE_RAY_CLUSTER), in this process and in each one it starts.
+ONE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# A Unix socket's path has at most 107 bytes on Linux (103 on macOS), and Ray puts its sockets this far
+# below its temporary folder: /session_<date>_<time>_<microseconds>_<pid>/sockets/plasma_store.
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107
+SESSION_SOCKET_ROOM = 66
+RUNTIME_FOLDER_PREFIX = "ray-"
+# Characters a URI may hold as they are: any other (a space in a file name) is percent-encoded before
+# pyarrow parses it, as Ray does.
+URI_CHARACTERS = ":/?#[]@!$&'()*+,;=%~"
+FOLDER_KINDS = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 
-__all__ = ["OUTPUT_FORMATS", "RayJob", "run_ray"]
+__all__ = ["OUTPUT_FORMATS", "RayJob", "local_runtime", "read_files", "run_ray"]
 
 
 @dataclass(frozen=True)
@@ -73,26 +101,35 @@ def require_ray() -> ModuleType:
     return ray
 
 
+@dataclass
+class Listing:
+    """What the inputs name: the files to read, in input order, and the inputs that name none."""
+
+    rows: list[tuple[str, int, str]] = field(default_factory=list)  # (input, file system, path on it)
+    unlisted: list[tuple[str, str]] = field(default_factory=list)  # (input, why it gives no file)
+    filesystems: list[Any] = field(default_factory=list)  # the URIs' pyarrow file systems; LOCAL: none
+
+    def local_files(self) -> list[Path]:
+        return [Path(location) for _, source, location in self.rows if source == LOCAL]
+
+
 def run_ray(job: RayJob, options: CaptionerOptions) -> int:
     """Caption every input on the cluster and write --captions-file; the exit status (1 if any failed)."""
     ray = require_ray()
-    uris = [spec for spec in job.inputs if "://" in spec]
-    items = expand_inputs([spec for spec in job.inputs if "://" not in spec]) if len(uris) < len(job.inputs) else []
-    files = [os.path.abspath(item.path) for item in items if item.path is not None]
-    unlisted = [(item.name, item.error or "not listed") for item in items if item.path is None]
+    listing = list_inputs(job.inputs)
     check_output_slot(job.captions_file)
     check_writable_folder(job.captions_file.parent, "--captions-file")
-    never_an_input([job.captions_file], [Path(f) for f in files], "--captions-file")
+    never_an_input([job.captions_file], listing.local_files(), "--captions-file")
     # The model folder the actors use: the same path on every node (found there or fetched to it, and
     # verified like every model file), so a shared file system holds one copy for all.
     model_dir = (options.model_dir or _default_model_dir()).resolve()
-    failed = bool(unlisted)
-    with _ray_runtime(ray, job.address), RowsFile(job.captions_file) as out:
-        for name, error in unlisted:
+    failed = bool(listing.unlisted)
+    with _ray_warnings(), _ray_runtime(ray, job.address), RowsFile(job.captions_file) as out:
+        for name, error in listing.unlisted:
             logger.error("%s", printable(error))
             out.write(name, None, None, error)
-        if files or uris:
-            for row in _captioned(ray, job, replace(options, model_dir=model_dir, progress=False), files, uris):
+        if listing.rows:
+            for row in _captioned(ray, job, replace(options, model_dir=model_dir, progress=False), listing):
                 if row[3] is not None:
                     logger.error("%s", printable(row[3]))
                     failed = True
@@ -101,10 +138,206 @@ def run_ray(job: RayJob, options: CaptionerOptions) -> int:
     return 1 if failed else 0
 
 
+def list_inputs(specs: list[str]) -> Listing:
+    """Each input on its own: local files, folders and patterns as without --ray, and each URI through
+    pyarrow; an input that names no file (missing, an empty folder, a scheme pyarrow does not know, a
+    listing that fails) is one unlisted row, and the others go on."""
+    listing = Listing()
+    for spec in specs:
+        if "://" not in spec:
+            for item in expand_inputs([spec]):
+                if item.path is None:
+                    listing.unlisted.append((item.name, item.error or f"{item.name} is not listed"))
+                else:
+                    path = os.path.abspath(item.path)
+                    listing.rows.append((path, LOCAL, path))
+            continue
+        try:
+            filesystem, files = _uri_files(spec)
+        except CaptionError as exc:
+            listing.unlisted.append((spec, str(exc)))
+            continue
+        source = _source_of(filesystem, listing.filesystems)
+        listing.rows += [(name, source, location) for name, location in files]
+    return listing
+
+
+def _uri_files(uri: str) -> tuple[Any, list[tuple[str, str]]]:
+    """The file system of ``uri`` and the files it names, (name, path there) each: the file it is, or a
+    folder's image files by extension, sorted; a CaptionError that names the URI when it names none."""
+    import pyarrow.fs as pafs
+
+    filesystem, location = _resolved(uri)
+    try:
+        info = filesystem.get_file_info(location)
+        if info.type == pafs.FileType.NotFound:
+            raise CaptionError(f"{uri} does not exist")
+        if info.type == pafs.FileType.File:
+            return filesystem, [(uri, location)]  # a file is taken as given, whatever its name, as a path is
+        if info.type != pafs.FileType.Directory:
+            raise CaptionError(f"{uri} is not a regular file (a pipe, device or socket)")
+        found = filesystem.get_file_info(pafs.FileSelector(location, recursive=True))
+    except (OSError, ValueError, NotImplementedError) as exc:  # pyarrow's: a refused or failed listing
+        raise CaptionError(f"cannot list {uri}: {_short(first_line(exc))}") from None
+    base = location.rstrip("/")
+    files = []
+    for entry in found:
+        relative = entry.path[len(base):].lstrip("/")
+        # Ray's own rule for what a folder holds: names that start with . or _ are not data (_SUCCESS).
+        if entry.is_file and entry.path.startswith(base) and not relative.startswith((".", "_")) \
+                and is_image_name(Path(relative)):
+            files.append((f"{uri.rstrip('/')}/{relative}", entry.path))
+    if not files:
+        raise CaptionError(f"folder {uri} has no images ({FOLDER_KINDS})")
+    return filesystem, sorted(files)
+
+
+def _resolved(uri: str) -> tuple[Any, str]:
+    """pyarrow's file system for ``uri`` and the path on it; a CaptionError that names the URI for one it
+    cannot read (an unknown scheme, a URI it cannot parse, a file system missing its library)."""
+    import urllib.parse
+
+    import pyarrow.fs as pafs
+
+    try:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except ValueError as exc:  # pyarrow's ArrowInvalid
+            if "cannot parse uri" not in str(exc).lower():
+                raise
+            return pafs.FileSystem.from_uri(urllib.parse.quote(uri, safe=URI_CHARACTERS))
+    except Exception as exc:  # ArrowInvalid, ArrowNotImplementedError, OSError (no libhdfs): each scheme's own
+        if "unrecognized filesystem type" in str(exc).lower():
+            scheme = uri.split("://", 1)[0]
+            raise CaptionError(f"{uri}: unknown URI scheme {scheme}:// (pyarrow reads file://, s3://, gs://, "
+                               "abfs:// and hdfs://)") from None
+        raise CaptionError(f"cannot read {uri}: {_short(first_line(exc))}") from None
+
+
+def _source_of(filesystem: Any, known: list[Any]) -> int:
+    """A row's file system: LOCAL for this machine's (file://, read as a path is), else its index in
+    ``known``, one entry per distinct file system, since each travels with every read task."""
+    import pyarrow.fs as pafs
+
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return LOCAL
+    for index, other in enumerate(known):
+        if other.equals(filesystem):
+            return index
+    known.append(filesystem)
+    return len(known) - 1
+
+
+def read_files(batch: dict[str, np.ndarray], filesystems: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Ray Data's read step: each row's file as ``bytes``, or its ``error`` where it cannot be opened or
+    read (gone since it was listed, refused): that row's problem alone, never the run's. A row is its
+    ``path`` (the input's name), ``source`` (LOCAL, or its file system's index in ``filesystems``) and
+    ``location`` (the path on that file system)."""
+    names = batch["path"]
+    data = np.full(len(names), None, dtype=object)
+    errors = np.full(len(names), None, dtype=object)
+    for row, (name, source, location) in enumerate(zip(names, batch["source"], batch["location"], strict=True)):
+        try:
+            data[row] = _file_bytes(str(name), int(source), str(location), filesystems)
+        except CaptionError as exc:
+            errors[row] = str(exc)
+    return {"path": names, "bytes": data, "error": errors}
+
+
+def _file_bytes(name: str, source: int, location: str, filesystems: Sequence[Any]) -> bytes:
+    if source == LOCAL:
+        # As without --ray: a regular file of a size an image can have, opened without blocking.
+        try:
+            return read_image_bytes(Path(location)).tobytes()
+        except CaptionError as exc:
+            raise CaptionError(str(exc).replace(location, name)) from None  # a file:// URI is named as given
+    try:
+        with filesystems[source].open_input_file(location) as file:
+            size = file.size()
+            if size > max_image_file_bytes():
+                raise CaptionError(f"{name} is {size / 2**30:.1f} GB, more than an image this program decodes "
+                                   "can take; it is not read")
+            return bytes(file.read())
+    except (OSError, ValueError) as exc:  # pyarrow's: a file gone, a refused or failed read
+        raise CaptionError(f"cannot read {name}: {_short(first_line(exc))}") from None
+
+
 def _default_model_dir() -> Path:
     from models import default_model_dir
 
     return default_model_dir()
+
+
+@contextlib.contextmanager
+def _ray_warnings() -> Iterator[None]:
+    """Ray's Python warnings (about its concurrency settings, its deprecations) only with --debug: stderr
+    carries this program's own lines."""
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def local_runtime(ray: Any, **init: Any) -> Iterator[None]:
+    """A Ray runtime of this process's own on this machine for the block (``init``: more of ray.init's
+    arguments), reachable on 127.0.0.1 only (its node, GCS and object manager; no dashboard), with its
+    logs and sockets in a temporary folder of its own that is removed when it stops, however the block
+    ends."""
+    folder = _runtime_folder()
+    try:
+        with _one_machine():
+            terminate = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() \
+                else None
+            # "local": a runtime of this run's own, never one that ray_current_cluster names (a `ray start`
+            # on this machine that may be long gone: Ray would wait on it for ever).
+            ray.init(address="local", _node_ip_address=LOOPBACK, _temp_dir=folder, include_dashboard=False, **init)
+            if terminate is not None and program_interrupts() is not None:
+                # Ray's head node takes SIGTERM over (it would exit at once); the program's handler stops the
+                # run as a Ctrl-C does, through this block's clean-up.
+                signal.signal(signal.SIGTERM, terminate)
+        yield
+    finally:
+        try:
+            ray.shutdown(wait_for_processes=True)  # also after a failed start: what it started stops
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _runtime_folder() -> str:
+    """A new folder for a local runtime under the system's temporary folder, or under /tmp where that one's
+    path is too long for the sockets Ray puts below it."""
+    base = tempfile.gettempdir()
+    room = len(os.path.join(base, RUNTIME_FOLDER_PREFIX + "12345678").encode()) + SESSION_SOCKET_ROOM
+    if room > SOCKET_PATH_MAX and os.path.isdir("/tmp"):
+        base = "/tmp"
+    return tempfile.mkdtemp(prefix=RUNTIME_FOLDER_PREFIX, dir=base)
+
+
+@contextlib.contextmanager
+def _one_machine() -> Iterator[None]:
+    """Ray as one machine's runtime while it starts (ONE_MACHINE_ENV): its processes take the variable
+    with them, and this process, which imported Ray already, sees it in Ray's constant (private, so only
+    where Ray has it)."""
+    constants: Any = None
+    with contextlib.suppress(ImportError):
+        from ray._private import ray_constants as constants
+    environ, cluster = os.environ.get(ONE_MACHINE_ENV), getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[ONE_MACHINE_ENV] = "0"
+    if cluster is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        # A later ray.init in this process (a cluster elsewhere) finds Ray as it was.
+        if environ is None:
+            os.environ.pop(ONE_MACHINE_ENV, None)
+        else:
+            os.environ[ONE_MACHINE_ENV] = environ
+        if cluster is not None:
+            constants.ENABLE_RAY_CLUSTER = cluster
 
 
 @contextlib.contextmanager
@@ -130,20 +363,21 @@ def _ray_runtime(ray: Any, address: str | None) -> Iterator[None]:
     where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
     if address is not None:
         _check_reachable(address, where)
-    try:
-        # "local": a runtime of this run's own, never one that ray_current_cluster names (a `ray start`
-        # on this machine that may be long gone: Ray would wait on it for ever); --ray auto joins that one.
-        # Ray's notes about itself (its token authentication, its deprecations) and what the actors'
-        # libraries print (OpenCV about a broken file, which is that row's error) only with --debug.
-        ray.init(address=address or "local", runtime_env=runtime, job_config=job_config,
-                 include_dashboard=False, logging_level=logging.ERROR if quiet else logging.INFO,
-                 log_to_driver=not quiet)
-    except Exception as exc:  # ConnectionError, ValueError, RuntimeError: each library's own
-        raise CaptionError(f"cannot start or reach {where}: {_short(first_line(exc))}") from None
-    try:
+    # Ray's notes about itself (its token authentication, its deprecations) and what the actors' libraries
+    # print (OpenCV about a broken file, which is that row's error) only with --debug.
+    init: dict[str, Any] = {"runtime_env": runtime, "job_config": job_config, "log_to_driver": not quiet,
+                            "logging_level": logging.ERROR if quiet else logging.INFO}
+    with contextlib.ExitStack() as stack:
+        try:
+            if address is None:
+                stack.enter_context(local_runtime(ray, **init))  # which cleans up after a failed start too
+            else:
+                # --ray auto joins the cluster that `ray start` last started on this machine.
+                ray.init(address=address, include_dashboard=False, **init)
+                stack.callback(ray.shutdown)
+        except Exception as exc:  # ConnectionError, ValueError, RuntimeError: each library's own
+            raise CaptionError(f"cannot start or reach {where}: {_short(first_line(exc))}") from None
         yield
-    finally:
-        ray.shutdown()
 
 
 def _check_reachable(address: str, where: str) -> None:
@@ -159,11 +393,13 @@ def _check_reachable(address: str, where: str) -> None:
                            "there, and is that its GCS port?") from None
 
 
-def _captioned(ray: Any, job: RayJob, options: CaptionerOptions, files: list[str],
-               uris: list[str]) -> Iterator[tuple[str, str | None, float | None, str | None]]:
-    """(input, caption, confidence, error) of every file, in input order, as the actors finish them."""
+def _captioned(ray: Any, job: RayJob, options: CaptionerOptions,
+               listing: Listing) -> Iterator[tuple[str, str | None, float | None, str | None]]:
+    """(input, caption, confidence, error) of every listed file, in input order, as the actors finish them."""
+    files = len(listing.rows)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    actors = job.actors or default_workers(cpus)
+    # No more actors than files: each one loads the models, and one with nothing to do holds its cores.
+    actors = min(job.actors or default_workers(cpus), files)
     threads = max(1, cpus // actors)  # each actor's share of the cluster's cores, one ONNX Runtime session
     options = replace(options, workers=1, runtime=replace(options.runtime, intra_op_threads=threads))
     logger.info("%d actors with %d threads each on %d CPUs", actors, threads, cpus)
@@ -175,20 +411,20 @@ def _captioned(ray: Any, job: RayJob, options: CaptionerOptions, files: list[str
     if not logger.isEnabledFor(logging.DEBUG):
         # Its failures reach people as this program's one line (a traceback with --debug).
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    batch_rows = max(1, min(BATCH_ROWS, files // (actors * CALLS_PER_ACTOR)))
+    # Blocks of about one actor call each: a block is read by one task and captioned by one call.
+    blocks = min(-(-files // batch_rows), max(MAX_BLOCKS, actors))
+    rows = ray.data.from_items([{"path": name, "source": source, "location": location}
+                                for name, source, location in listing.rows], override_num_blocks=blocks)
     # Reading takes no CPU of its own: the actors hold every core, and a read task waiting for one would
-    # wait for ever. As many reads at once as actors keep them fed.
-    parts = []
-    if files:
-        parts.append(ray.data.read_binary_files(files, include_paths=True, num_cpus=0, concurrency=actors))
-    if uris:
-        parts.append(ray.data.read_binary_files(uris, include_paths=True, num_cpus=0, concurrency=actors,
-                                                file_extensions=[e.lstrip(".") for e in IMAGE_EXTENSIONS]))
-    data = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    # wait for ever. As many reads at once as actors keep them fed. A file that cannot be read is its
+    # row's error (read_files), which the actors keep.
+    data = rows.map_batches(read_files, fn_kwargs={"filesystems": listing.filesystems}, num_cpus=0,
+                            concurrency=actors, batch_size=None, batch_format="numpy")
     captions = data.map_batches(
         BatchCaptioner, fn_constructor_kwargs={"options": options, "decoding": job.decoding, "drop": ("bytes",)},
-        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
-        batch_size=max(1, min(BATCH_ROWS, len(files) // (actors * CALLS_PER_ACTOR))) if files and not uris
-        else BATCH_ROWS, batch_format="numpy")
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, batch_size=batch_rows,
+        batch_format="numpy")
     received = 0
     try:
         for batch in captions.iter_batches(batch_format="numpy", batch_size=None):
@@ -199,7 +435,7 @@ def _captioned(ray: Any, job: RayJob, options: CaptionerOptions, files: list[str
                 yield _row(path, caption, confidence, error)
     except CaptionError:
         raise
-    except Exception as exc:  # a file Ray could not read, an actor that cannot load the models, ...
+    except Exception as exc:  # an actor that cannot load the models, a lost cluster, ...
         raise CaptionError(f"the Ray run failed: {_short(_cause(exc))}") from None
 
 
