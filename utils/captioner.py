@@ -6,14 +6,23 @@ import logging
 import os
 import time
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
 
-from models import DEFAULT_DECODER, ModelFile, default_model_dir, imported_names, is_imported, model_choices, model_set
-from utils.compatibility import Combination, check, runtimes
+from models import ModelFile, default_model_dir, imported_names, is_imported, model_choices, model_set
+from utils.caption_types import (  # noqa: F401  (MAX_WORKERS, default_workers: the API's, from here too)
+    MAX_WORKERS,
+    CaptionerOptions,
+    CaptionResult,
+    RankedCaption,
+    available_cores,
+    combination,
+    default_workers,
+)
+from utils.compatibility import runtimes
 from utils.decoding.decoder import CaptionDecoder, StepModelFactory
 from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions
@@ -22,71 +31,14 @@ from utils.errors import CaptionError
 from utils.model_files import VerifiedFile, load_model_set
 from utils.pipeline import ordered_map
 from utils.preprocess import preprocess, read_image
-from utils.quantization import PRECISIONS, Precision
 from utils.quantization.models import int8_models
-from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, RuntimeOptions, first_input, require_ailia
+from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, first_input, require_ailia
 from utils.stopping import StopRequest
 from vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_WORKERS = 64  # each worker holds its own sessions: ~0.2 GB at fp32 (docs/performance.md#folders-several-workers)
-
-
-@dataclass(frozen=True)
-class CaptionerOptions:
-    model: str = DEFAULT_DECODER
-    model_dir: Path | None = None  # None: $IMAGE_CAPTIONING_MODEL_DIR or the project's models/
-    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
-    offline: bool = False  # never download; report missing or corrupt files instead
-    progress: bool = True  # download progress bars on a terminal; the one-line note while an int8 model is made
-    # fp32: the published models, exactly. int8: the feature model quantized for this CPU (made from the
-    # fp32 file on first use and cached in the model folder; docs/int8.md); ONNX Runtime only.
-    precision: Precision = "fp32"
-    # Images captioned at once by caption_many, each by its own sessions with its share of the cores
-    # (ONNX Runtime; the ailia SDK runs one). default_workers() is image mode's choice for this machine.
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if not 1 <= self.workers <= MAX_WORKERS:
-            raise ValueError(f"workers must be from 1 to {MAX_WORKERS}, not {self.workers}")
-        check(_combination(self))  # an OptionConflict is a ValueError
-
-
-def available_cores() -> int:
-    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
-def default_workers(cores: int | None = None) -> int:
-    """Image mode's worker count: one per two cores, and on machines of two or three cores one per
-    core (docs/performance.md#folders-several-workers, has the measurements behind it)."""
-    cores = cores or available_cores()
-    return max(1, cores // 2) if cores >= 4 else cores
-
-
-@dataclass(frozen=True)
-class CaptionResult:
-    caption: str
-    indices: list[int]  # vocabulary indices of the emitted words
-    confidence: float | None  # mean log-probability of the emitted words
-    timings: dict[str, float]  # milliseconds per stage: preprocess, features, decode
-    nbest: list[RankedCaption] | None = None  # with DecodingOptions.nbest: the best captions, best first
-    model: str = ""  # the decoder that made it
-    backend: str = ""  # the runtime that ran it
-
-
-@dataclass(frozen=True)
-class RankedCaption:
-    caption: str
-    score: float  # see docs/decoding.md
-    indices: list[int]
 
 
 @dataclass(frozen=True)
@@ -337,7 +289,7 @@ def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Plan, Vocabulary
     imported = is_imported(options.model)
     if imported and options.model not in imported_names(model_dir):
         raise CaptionError(f"unknown model {options.model!r} (choose from {model_choices(model_dir)})")
-    where = runtimes(_combination(options, imported))
+    where = runtimes(combination(options, imported))
     if where.ailia_skipped is not None:
         (logger.warning if where.warn else logger.info)("%s", where.ailia_skipped)
     required = model_set(options.model, with_prototxt=False)
@@ -355,11 +307,6 @@ def _load(options: CaptionerOptions, model_dir: Path) -> tuple[_Plan, Vocabulary
                 raise
             logger.warning("ailia SDK not used: %s. Running on ONNX Runtime instead.", exc)
     return _Plan(feature, decoder, decoder), vocab
-
-
-def _combination(options: CaptionerOptions, imported: bool = False) -> Combination:
-    return Combination(backend=options.runtime.backend, precision=options.precision, workers=options.workers,
-                       imported_model=options.model if imported else None)
 
 
 def _onnxruntime_networks(plan: _Plan, options: CaptionerOptions) -> list[_Networks]:

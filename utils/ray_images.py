@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from utils.batch import BatchCaptioner
-from utils.captioner import CaptionerOptions, default_workers
+from utils.caption_types import CaptionerOptions, default_workers
 from utils.decoding.options import DecodingOptions
 from utils.errors import CaptionError, first_line
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input

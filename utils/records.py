@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from utils.captioner import CaptionResult
+from utils.caption_types import CaptionResult
 
 
 class Section(ABC):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from utils.errors import CaptionError, exception_chain, first_line
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ class AiliaNetwork:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
+            import numpy as np  # the network's outputs, as arrays of their own
+
             return [np.asarray(o) for o in self._net.run(feeds)]
         except Exception as exc:
             raise CaptionError(f"the ailia SDK cannot run {self.name}: {first_line(exc)}") from exc

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV, default_model_dir, imported_names, model_choices
 from utils import compatibility
-from utils.captioner import MAX_WORKERS, CaptionerOptions, default_workers
+from utils.caption_types import MAX_WORKERS, CaptionerOptions, default_workers
 from utils.cli import decoding, evaluation, metadata
 from utils.cli.arg_types import int_up_to
+from utils.cli.version import VersionAction
 from utils.image_job import ImageJob
 from utils.output.captions_file import EXTENSIONS, captions_file_usage_error
 from utils.output.formats import FORMATS
@@ -60,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser, imported: list[str]) -> None:
                         f"(default for this machine: {default_workers()}; see docs/performance.md)")
     p.add_argument("-e", "--env_id", type=int, default=None, help="ailia execution environment id (see --env_list)")
     p.add_argument("--env_list", action="store_true", help="list the ailia execution environments and exit")
+    p.add_argument("--version", action=VersionAction,
+                   help="print this program's version and those of ONNX Runtime, the ailia SDK and OpenCV, and exit")
     p.add_argument("--memory_mode", type=int, default=None, help="ailia memory mode, passed to ailia.Net as is")
     p.add_argument("--model-dir", type=Path, default=None, metavar="DIR",
                    help=f"where model files are kept and downloaded to (default: ${MODEL_DIR_ENV} or models/)")

@@ -11,19 +11,13 @@ import sys
 import traceback
 from dataclasses import replace
 
-import cv2
-
-from utils.captioner import CaptionerOptions
+from utils.caption_types import CaptionerOptions
 from utils.cli import checkpoint, evaluation, general, ray, serve, video
 from utils.cli.parser import parse
 from utils.errors import CaptionError, UsageError, exception_chain
-from utils.images import run_images
-from utils.ray_images import run_ray
-from utils.runtime import ailia_environments
 from utils.stderr import library_output_silenced, own_stderr
 from utils.stopping import MESSAGE, exit_status, program_work, signum_of
 from utils.text import printable
-from utils.video.run import run_video
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +67,21 @@ def configure_logging(debug: bool) -> None:
         # The SDK logs its licence lookup itself, and OpenCV its decoder complaints; our own
         # one-line messages already say what happened.
         logging.getLogger("ailia").setLevel(logging.CRITICAL)
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        # OpenCV reads this when it loads; once loaded, it is told directly.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+        if (cv2 := sys.modules.get("cv2")) is not None:
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         # FFmpeg (video mode) prints its own complaints about damaged files straight to stderr; OpenCV
         # reads this before its first use of FFmpeg.
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
+    # Each mode's modules are imported when it runs: --help, a usage error and the other modes pay for none
+    # of them (ONNX Runtime, OpenCV, the web server, Ray).
     if args.env_list:
+        from utils.runtime import ailia_environments
+
         print("\n".join(ailia_environments()))
         return 0
     if args.import_checkpoint is not None:
@@ -94,12 +95,18 @@ def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
                 return serve.run(args, options)
         return serve.run(args, options)
     if args.video is not None:
+        from utils.video.run import run_video
+
         return run_video(video.job(args), options)
     if args.ray is not None:
+        from utils.ray_images import run_ray
+
         if quiet_libraries:  # Ray's own processes and its C++ logging write to descriptor 2 too
             with library_output_silenced():
                 return run_ray(ray.job(args), options)
         return run_ray(ray.job(args), options)
+    from utils.images import run_images
+
     options = replace(options, workers=general.workers(args))
     if quiet_libraries:
         with library_output_silenced():

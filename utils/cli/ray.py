@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from utils.cli import decoding
-from utils.ray_images import OUTPUT_FORMATS, RayJob
+from utils.output.rows import OUTPUT_FORMATS
+
+if TYPE_CHECKING:
+    from utils.ray_images import RayJob
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,5 +44,7 @@ def usage_error(args: argparse.Namespace) -> str | None:
 
 
 def job(args: argparse.Namespace) -> RayJob:
+    from utils.ray_images import RayJob  # Ray mode's modules load in Ray mode only
+
     return RayJob(inputs=args.input or [], address=args.ray or None, captions_file=Path(args.captions_file),
                   actors=args.workers, decoding=decoding.options(args))

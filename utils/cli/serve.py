@@ -7,7 +7,7 @@ import importlib.util
 import os
 from dataclasses import replace
 
-from utils.captioner import CaptionerOptions
+from utils.caption_types import CaptionerOptions
 from utils.cli import decoding, general
 from utils.cli.arg_types import int_up_to, positive_number
 from utils.errors import CaptionError

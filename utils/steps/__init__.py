@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
-
-from utils.captioner import CaptionResult
+from utils.caption_types import CaptionResult
 from utils.inputs import InputItem
 from utils.records import Section
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from utils.captioner import Captioner
     from utils.image_job import ImageJob
 

@@ -9,19 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
-
-from utils.drawing import draw_caption
 from utils.errors import CaptionError
 from utils.files.atomic import write_atomic
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
 from utils.inputs import InputItem
-from utils.preprocess import as_bgr
 from utils.records import Section
 from utils.steps import CaptionedImage, Step
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from utils.image_job import ImageJob
 
 
@@ -81,11 +78,16 @@ class SaveImage(Step):
         t0 = time.perf_counter()
         path = self._outputs.get(image.item)
         if path is not None and image.image is not None:
+            from utils.drawing import draw_caption  # OpenCV is imported when an image is saved, not before
+            from utils.preprocess import as_bgr
+
             save_image(path, draw_caption(as_bgr(image.image), image.result.caption))
         return SavedImage(path, 1e3 * (time.perf_counter() - t0))
 
 
 def save_image(path: Path, image: np.ndarray) -> None:
+    import cv2
+
     check_output_slot(path)  # again: the plan was checked before the models loaded, and folders change
     try:
         ok, encoded = cv2.imencode(path.suffix, image)
@@ -100,6 +102,8 @@ def save_image(path: Path, image: np.ndarray) -> None:
 
 
 def _check_image_suffix(path: Path) -> None:
+    import cv2
+
     if not path.suffix or not cv2.haveImageWriter(str(path)):
         raise CaptionError(
             f"cannot save {path}: {path.suffix or 'no extension'} is not an image format OpenCV writes; "

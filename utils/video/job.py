@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from utils.decoding.options import DecodingOptions
-from utils.video.source import Frame
+
+if TYPE_CHECKING:
+    from utils.video.source import Frame
 
 DEFAULT_INTERVAL = 1.0  # seconds of video time between captions of a file
 
