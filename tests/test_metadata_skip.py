@@ -173,3 +173,22 @@ def test_descriptions_are_read_in_chunks_and_a_chunk_exiftool_fails_is_captioned
     with Stopped() as tool:
         found = described_photos(photos, options, exiftool=tool, chunk=2)
     assert sorted(found) == [photos[0], photos[4]]  # photos 2 and 3 are captioned and written as usual
+
+
+def test_a_photo_described_only_in_another_language_is_described(run_cli: RunCli, tmp_path: Path) -> None:
+    """XMP's descriptions are per language: one in German alone (no x-default) is the owner's description,
+    so the photo is kept as it is, and no English x-default is written beside it."""
+    photos = photos_in(tmp_path / "photos", 2)
+    subprocess.run(["exiftool", "-overwrite_original", "-XMP-dc:Description-de=Eine Katze", str(photos[0])],
+                   check=True, capture_output=True)
+    subprocess.run(["exiftool", "-overwrite_original", "-XMP-iptcCore:AltTextAccessibility-fr=Un chat",
+                    str(photos[1])], check=True, capture_output=True)
+    empty = tmp_path / "no-models"
+    empty.mkdir()  # a run that captioned either photo would fail: --offline and no models there
+    proc = run_cli("-i", *photos, "--write-metadata", "--json", "--model-dir", empty, *RUN)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["metadata"]["action"], r["metadata"]["existing"]) for r in records] == \
+        [("kept", "Eine Katze"), ("kept", "Un chat")]
+    tags = read_json(photos[0])
+    assert "XMP-dc:Description" not in tags and tags.get("XMP-dc:Description-de") == "Eine Katze"

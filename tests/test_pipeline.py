@@ -309,6 +309,7 @@ def test_cli_refuses_impossible_worker_counts(flags: list[str], message: str, ca
     """In this process: argparse and the usage checks refuse before anything is loaded."""
     from utils.cli.main import main
 
+    status: int | str | None
     try:
         status = main(flags)
     except SystemExit as exc:  # argparse's own refusals

@@ -34,6 +34,12 @@ IPTC_CAPTION = "IPTC:Caption-Abstract"
 DESCRIPTION_TAGS = (XMP_DESCRIPTION, XMP_ALT_TEXT, EXIF_DESCRIPTION, IPTC_CAPTION)
 MIME_TYPE = "File:MIMEType"
 XMP_FIELDS = (XMP_DESCRIPTION, XMP_ALT_TEXT)
+# What is read to tell whether a photo is described: an XMP field in every language it has (ExifTool's
+# "-XMP-dc:Description*" gives "XMP-dc:Description-de" beside the x-default one). A photo its owner
+# described only in German is described: writing an English x-default beside it would have readers
+# show the machine's caption instead of the owner's words.
+XMP_READ = tuple(f"{field}*" for field in XMP_FIELDS)
+DESCRIPTIONS_READ = (*XMP_READ, EXIF_DESCRIPTION, IPTC_CAPTION)
 IPTC_MAX_BYTES = 2000  # Caption-Abstract's limit in the IIM standard
 # Writing copies the whole photo, so its time-out grows by a second per 10 MB: a 2 GB scan on a slow USB
 # disk or a 100 Mbit/s share is then not taken for a hung ExifTool.
@@ -127,10 +133,13 @@ def _ascii_form(char: str) -> str:
 
 
 def existing_description(tags: dict[str, str]) -> str | None:
+    """The photo's description in the first field that has one: its x-default text, or else its text in
+    any other language (as ExifTool names it, ``XMP-dc:Description-de``)."""
     for tag in DESCRIPTION_TAGS:
-        value = tags.get(tag, "")
-        if value.strip():
-            return value
+        languages = [value for name, value in tags.items() if name.startswith(f"{tag}-")]
+        for value in (tags.get(tag, ""), *languages):
+            if str(value).strip():
+                return str(value)
     return None
 
 
@@ -161,7 +170,7 @@ def described_photos(photos: Sequence[Path], options: MetadataOptions, exiftool:
 def _photos_described(tool: ExifTool, photos: list[Path]) -> dict[Path, MetadataResult]:
     """What ``_write_embedded`` keeps: a format written into, with a description in it."""
     real = {photo: Path(os.path.realpath(photo)) for photo in photos}
-    tags = tool.read_many(list(dict.fromkeys(real.values())), ("File:FileType", MIME_TYPE, *DESCRIPTION_TAGS),
+    tags = tool.read_many(list(dict.fromkeys(real.values())), ("File:FileType", MIME_TYPE, *DESCRIPTIONS_READ),
                           allowance=READ_S_PER_FILE * len(photos))
     found = {}
     for photo, path in real.items():
@@ -178,7 +187,7 @@ def _sidecars_described(tool: ExifTool, photos: list[Path]) -> dict[Path, Metada
     sidecars = {photo: sidecar_path(photo) for photo in photos}
     regular = [side for side in sidecars.values() if os.path.lexists(side) and _is_regular(side)]
     linked = {photo for photo, side in sidecars.items() if os.path.lexists(side) and not _is_regular(side)}
-    in_sidecars = tool.read_many(regular, XMP_FIELDS, allowance=READ_S_PER_FILE * len(regular)) if regular else {}
+    in_sidecars = tool.read_many(regular, XMP_READ, allowance=READ_S_PER_FILE * len(regular)) if regular else {}
     found = {}
     rest = []
     for photo, side in sidecars.items():
@@ -192,7 +201,7 @@ def _sidecars_described(tool: ExifTool, photos: list[Path]) -> dict[Path, Metada
         else:
             rest.append(photo)
     real = {photo: Path(os.path.realpath(photo)) for photo in rest}
-    tags = tool.read_many(list(dict.fromkeys(real.values())), DESCRIPTION_TAGS,
+    tags = tool.read_many(list(dict.fromkeys(real.values())), DESCRIPTIONS_READ,
                           allowance=READ_S_PER_FILE * len(rest)) if rest else {}
     for photo, path in real.items():
         read = tags.get(absolute(path))
@@ -251,7 +260,7 @@ class MetadataWriter:
     def _write_embedded(self, photo: Path, caption: str) -> MetadataResult:
         real = Path(os.path.realpath(photo))  # a link's target is the photo; the link itself stays a link
         times = times_of(real)  # before any read sets the access time
-        tags = self._exiftool.read_tags(real, ("File:FileType", MIME_TYPE, *DESCRIPTION_TAGS))
+        tags = self._exiftool.read_tags(real, ("File:FileType", MIME_TYPE, *DESCRIPTIONS_READ))
         fmt = PHOTO_FORMATS.get(tags.get(MIME_TYPE, ""))
         if fmt is None:
             file_type = tags.get("File:FileType")
@@ -270,13 +279,13 @@ class MetadataWriter:
         check_output_slot(target)
         existing = None
         if target.exists():
-            existing = existing_description(self._exiftool.read_tags(target, XMP_FIELDS))
+            existing = existing_description(self._exiftool.read_tags(target, XMP_READ))
         if existing is None:
             # A description in the photo counts too: a sidecar that said otherwise would hide it in the
             # photo managers that prefer the sidecar. A photo ExifTool cannot read simply has none.
             try:
                 existing = existing_description(self._exiftool.read_tags(Path(os.path.realpath(photo)),
-                                                                         DESCRIPTION_TAGS))
+                                                                         DESCRIPTIONS_READ))
             except ExifToolStopped:
                 raise
             except CaptionError as exc:

@@ -280,7 +280,9 @@ class ExifTool:
                                f"stopped unexpectedly ({how})")
 
     def read_tags(self, path: Path, tags: Sequence[str]) -> dict[str, str]:
-        """``tags`` (ExifTool group:name) of ``path`` as strings, keyed as asked; absent tags left out."""
+        """``tags`` (ExifTool group:name) of ``path`` as strings, keyed as asked; absent tags left out. A
+        tag asked with a trailing ``*`` (``XMP-dc:Description*``) stands for every tag it begins, each
+        keyed by its own name (``XMP-dc:Description-de``)."""
         reply = self.execute("-j", "-G1", "-a", *(f"-{t}" for t in tags), absolute(path))
         try:
             records = parse_json(reply.stdout)
@@ -289,8 +291,7 @@ class ExifTool:
         record = records[0] if records else {}
         if not record and reply.errors():
             raise CaptionError(f"cannot read the metadata of {path}: {clean_message(reply.errors()[0])}")
-        wanted = {t.lower(): t for t in tags}
-        return {wanted[k.lower()]: str(v) for k, v in record.items() if k.lower() in wanted}
+        return _asked(record, tags)
 
     def read_many(self, paths: Sequence[Path], tags: Sequence[str],
                   allowance: float = 0.0) -> dict[str, dict[str, str]]:
@@ -303,13 +304,12 @@ class ExifTool:
         except ValueError as exc:
             raise CaptionError(f"cannot read the metadata of {len(names)} files: ExifTool's answer is not "
                                "JSON") from exc
-        wanted = {t.lower(): t for t in tags}
         asked = set(names)
         found: dict[str, dict[str, str]] = {}
         for record in records:
             source = record.get("SourceFile") if isinstance(record, dict) else None
             if isinstance(source, str) and source in asked and "ExifTool:Error" not in record:
-                found[source] = {wanted[k.lower()]: str(v) for k, v in record.items() if k.lower() in wanted}
+                found[source] = _asked(record, tags)
         return found
 
     def kill(self) -> None:
@@ -447,3 +447,17 @@ def clean_message(message: str) -> str:
     text = re.sub(r"^(Error|Warning):\s*", "", message.strip())
     text = re.sub(r" - (/|[A-Za-z]:\\).*$", "", text)
     return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "..."
+
+
+def _asked(record: dict[str, Any], tags: Sequence[str]) -> dict[str, str]:
+    """The record's values of ``tags``, keyed as asked (ExifTool's answer may differ in case)."""
+    exact = {t.lower(): t for t in tags if not t.endswith("*")}
+    prefixes = [(t[:-1].lower(), t[:-1]) for t in tags if t.endswith("*")]
+    out = {}
+    for key, value in record.items():
+        name = exact.get(key.lower())
+        if name is None:
+            name = next((shown + key[len(low):] for low, shown in prefixes if key.lower().startswith(low)), None)
+        if name is not None:
+            out[name] = str(value)
+    return out
