@@ -69,7 +69,7 @@ def decode_image_bytes(data: bytes | np.ndarray, name: str) -> np.ndarray:
     it is large, the decoding limit. ``name`` stands for it in the messages."""
     if not isinstance(data, np.ndarray):
         data = np.frombuffer(data, np.uint8)
-    if (problem := _size_problem(name, data.size)) is not None:
+    if (problem := size_problem(name, data.size)) is not None:
         raise CaptionError(problem)
     if data.size > SIGNATURE_CHECK_BYTES and not looks_like_image(data[:SIGNATURE_BYTES].tobytes()):
         raise CaptionError(_not_an_image(name, data.size))
@@ -123,12 +123,14 @@ def _read_into(file: io.RawIOBase, view: memoryview) -> int:
 def _checked_size(path: Path, st: os.stat_result) -> int:
     if not stat.S_ISREG(st.st_mode):
         raise CaptionError(f"{path} is not a regular file (a pipe, device or socket)")
-    if (problem := _size_problem(str(path), st.st_size)) is not None:
+    if (problem := size_problem(str(path), st.st_size)) is not None:
         raise CaptionError(problem)
     return st.st_size
 
 
-def _size_problem(name: str, size: int) -> str | None:
+def size_problem(name: str, size: int) -> str | None:
+    """Why a file of ``size`` bytes, called ``name``, is not read as an image (empty, or larger than an
+    image within the decoding limit can be), or None."""
     if size == 0:
         return f"{name} is an empty file (0 bytes)"
     limit = max_image_file_bytes()

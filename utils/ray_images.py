@@ -40,7 +40,7 @@ from utils.files.checks import check_output_slot, check_writable_folder, never_a
 from utils.inputs import IMAGE_EXTENSIONS, expand_inputs, is_image_name
 from utils.limits import MAX_IMAGE_PIXELS_ENV, decoding_limit
 from utils.output.rows import OUTPUT_FORMATS, RowsFile
-from utils.preprocess import max_image_file_bytes, read_image_bytes
+from utils.preprocess import read_image_bytes, size_problem
 from utils.stopping import program_interrupts
 from utils.text import printable
 
@@ -253,10 +253,8 @@ def _file_bytes(name: str, source: int, location: str, filesystems: Sequence[Any
             raise CaptionError(str(exc).replace(location, name)) from None  # a file:// URI is named as given
     try:
         with filesystems[source].open_input_file(location) as file:
-            size = file.size()
-            if size > max_image_file_bytes():
-                raise CaptionError(f"{name} is {size / 2**30:.1f} GB, more than an image this program decodes "
-                                   "can take; it is not read")
+            if (problem := size_problem(name, file.size())) is not None:  # the bound a local file has
+                raise CaptionError(problem)
             return bytes(file.read())
     except (OSError, ValueError) as exc:  # pyarrow's: a file gone, a refused or failed read
         raise CaptionError(f"cannot read {name}: {_short(first_line(exc))}") from None
