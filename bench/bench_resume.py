@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import ensure_models  # noqa: E402
+from bench.common import ensure_models, timed_process  # noqa: E402
 from bench.photos import make_photos  # noqa: E402
 from utils.captioner import default_workers  # noqa: E402
 from utils.metadata import require_exiftool  # noqa: E402
@@ -34,10 +32,7 @@ from utils.metadata import require_exiftool  # noqa: E402
 
 def timed_run(args: list[str]) -> float:
     """Seconds the program takes from start to exit; it must succeed."""
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "image_captioning_pytorch.py"), *args], check=True,
-                   stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return timed_process([str(ROOT / "image_captioning_pytorch.py"), *args])
 
 
 def first_and_again(name: str, args: list[str]) -> None:

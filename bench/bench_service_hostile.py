@@ -23,7 +23,6 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_service import Endpoint, service  # noqa: E402
-from bench.common import ensure_models  # noqa: E402
+from bench.common import ensure_models, timed_ms  # noqa: E402
 from utils.service.decode_lanes import decode  # noqa: E402
 
 
@@ -111,7 +110,7 @@ def main() -> None:
     photo = (ROOT / "samples" / "rocket.jpg").read_bytes()
     ok, encoded = cv2.imencode(".png", np.zeros((11585, 11585, 4), np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     bomb = encoded.tobytes()
-    decode_s = min(timeit(lambda: decode(bomb, "bomb")) for _ in range(2))
+    decode_s = min(timed_ms(lambda: decode(bomb, "bomb")) for _ in range(2)) / 1e3
     keys = b"{" + b",".join(b'"k%d":1' % i for i in range(2_500_000)) + b"}"
     upload = json.dumps({"model": "m", "images": [base64.b64encode(os.urandom(25 << 20)).decode()]}).encode()
     print(f"CPU: {os.cpu_count()} cores; bomb: {len(bomb) / 1e6:.1f} MB PNG, decode + preprocess {decode_s:.2f} s "
@@ -130,12 +129,6 @@ def main() -> None:
                   f"{1e3 * max(seen):.1f} ms over {len(seen)} probes (idle: median "
                   f"{1e3 * statistics.median(quiet):.1f} ms, max {1e3 * max(quiet):.1f} ms)")
         print(f"service memory: {before:.0f} MB before the JSON rounds, {rss_mb(endpoint.pid):.0f} MB after")
-
-
-def timeit(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

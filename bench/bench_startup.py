@@ -22,13 +22,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import ensure_models  # noqa: E402
+from bench.common import ensure_models, timed_process  # noqa: E402
 from bench.photos import make_photos  # noqa: E402
 
 SCRIPT = ROOT / "image_captioning_pytorch.py"
@@ -82,17 +81,8 @@ print(best)
 """
 
 
-def wall(args: list[str], expect: int = 0) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    if proc.returncode != expect:
-        raise SystemExit(f"{args[:3]} exited {proc.returncode}: {proc.stderr[-500:]}")
-    return seconds
-
-
 def median_wall(args: list[str], rounds: int, expect: int = 0) -> float:
-    return statistics.median(wall(args, expect) for _ in range(rounds))
+    return statistics.median(timed_process(args, expect) for _ in range(rounds))
 
 
 def python(code: str, *args: str) -> str:
@@ -117,7 +107,7 @@ def main() -> None:
         folder.mkdir()
         photos = make_photos(folder, args.photos)
         photo = str(photos[0])
-        wall([str(SCRIPT), "-i", photo, *flags, "--precision", "int8"])  # the int8 cache, made once
+        timed_process([str(SCRIPT), "-i", photo, *flags, "--precision", "int8"])  # the int8 cache, made once
         print(f"CPU: {os.cpu_count()} cores; {args.rounds} rounds, medians")
         print(f"--help: {median_wall([str(SCRIPT), '--help'], args.rounds):.2f} s; a usage error: "
               f"{median_wall([str(SCRIPT), '-i', photo, '--beam-size', '0'], args.rounds, expect=2):.2f} s; "
@@ -131,7 +121,7 @@ def main() -> None:
                   f"{part['imports']:.2f} s, model files {part['files']:.2f} s, sessions {part['sessions']:.2f} s, "
                   f"model runs {part['runs']:.2f} s (outside the runs: {outside / part['runs']:.2f} of them); "
                   f"warm API {part['warm']:.2f} s: first caption / warm = {first / part['warm']:.2f}")
-        command = statistics.median(wall([str(SCRIPT), "-i", str(folder), *flags]) for _ in range(2))
+        command = statistics.median(timed_process([str(SCRIPT), "-i", str(folder), *flags]) for _ in range(2))
         api = float(python(FOLDER, models, str(folder)))
         print(f"folder of {args.photos}: command line {args.photos / command:.2f} photos/s (whole command, "
               f"{command:.1f} s), warm API {api:.2f} photos/s: ratio {args.photos / command / api:.2f}")

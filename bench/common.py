@@ -21,6 +21,16 @@ def ensure_models(folder: Path) -> None:
     subprocess.run([sys.executable, str(script), str(folder)], check=True)
 
 
+def timed_process(args: list[str], expect: int = 0) -> float:
+    """Seconds ``python3 ARGS`` takes from start to exit, its output captured; it must exit with ``expect``."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != expect:
+        raise SystemExit(f"{' '.join(args[:3])} exited {proc.returncode}: {proc.stderr[-500:]}")
+    return seconds
+
+
 def timed_ms(fn: Callable[[], object]) -> float:
     """Milliseconds one call of ``fn`` takes."""
     t0 = time.perf_counter()
