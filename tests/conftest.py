@@ -33,14 +33,24 @@ def model_set_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     return folder, make_model_set(folder, eos_bias=3.0)
 
 
+def copy_models(source: Path, dest: Path) -> Path:
+    """A private copy of a model set, without the checksum records that in-process loads leave behind:
+    every copy starts from the same hand-placed files, whatever ran before it."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.sha256", ".download.lock"))
+    return dest
+
+
 @pytest.fixture
 def models(model_set_dir: tuple[Path, dict[str, NewFCParams]], tmp_path: Path) -> Path:
-    """A private copy of the model set, so a test may damage it. Without the checksum records that
-    in-process loads of the shared set leave behind: every test starts from the same hand-placed files,
-    whatever ran before it."""
-    dest = tmp_path / "models"
-    shutil.copytree(model_set_dir[0], dest, ignore=shutil.ignore_patterns("*.sha256", ".download.lock"))
-    return dest
+    """A private copy of the model set, so a test may damage it."""
+    return copy_models(model_set_dir[0], tmp_path / "models")
+
+
+@pytest.fixture(scope="module")
+def served_models(model_set_dir: tuple[Path, dict[str, NewFCParams]],
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the model set for one module's services (a load leaves checksum records beside it)."""
+    return copy_models(model_set_dir[0], tmp_path_factory.mktemp("served") / "models")
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,20 @@ def start_service(models: Path, *flags: str | Path, cwd: Path, env: dict[str, st
     return Service(proc, found[0], lines)
 
 
+@contextmanager
+def serving(models: Path, *flags: str | Path, cwd: Path, quiet: bool = True) -> Iterator[Service]:
+    """The service for the block, stopped at its end, which must be clean: exit status 0, no traceback,
+    and (``quiet``) no ERROR line."""
+    running = start_service(models, *flags, cwd=cwd)
+    try:
+        yield running
+        assert running.stop() == 0, running.stderr
+        assert "Traceback" not in running.stderr, running.stderr
+        assert not quiet or "ERROR" not in running.stderr, running.stderr
+    finally:
+        stop_all(running)
+
+
 def stop_all(*services: Service) -> None:
     for service in services:
         if service.proc.poll() is None:
@@ -153,7 +168,3 @@ def make_photos(folder: Path, count: int = 12) -> list[Path]:
     return paths
 
 
-def copy_models(source: Path, dest: Path) -> Path:
-    """A private copy of the test models (a load leaves checksum records beside them)."""
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.sha256", ".download.lock"))
-    return dest

@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 
-from models.synthetic import NewFCParams
 from tests.conftest import ROOT
-from tests.service_helpers import Service, copy_models, post_photo, start_service, stop_all
+from tests.service_helpers import Service, post_photo, serving
 
 DOCS = [ROOT / "README.md", ROOT / "docs" / "service.md"]
 PHOTO = ROOT / "samples" / "rocket.jpg"
@@ -97,16 +96,9 @@ def test_every_curl_example_is_found() -> None:
 
 
 @pytest.fixture(scope="module")
-def service(model_set_dir: tuple[Path, dict[str, NewFCParams]],
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    folder = tmp_path_factory.mktemp("docs-service")
-    running = start_service(copy_models(model_set_dir[0], folder / "models"), cwd=folder)
-    yield running
-    try:
-        assert running.stop() == 0, running.stderr
-        assert "Traceback" not in running.stderr, running.stderr
-    finally:
-        stop_all(running)
+def service(served_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with serving(served_models, cwd=tmp_path_factory.mktemp("docs-service"), quiet=False) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,14 @@ from typing import Any
 import ollama
 import pytest
 
-from models.synthetic import NewFCParams
 from tests.conftest import ROOT, SAMPLE, RunCli, cli_env
 from tests.service_helpers import (
     Service,
-    copy_models,
     make_photos,
     multipart,
     post_photo,
     request,
+    serving,
     start_service,
     stop_all,
 )
@@ -41,12 +40,6 @@ TOKEN = "s3cret-Token_42"
 
 
 @pytest.fixture(scope="module")
-def served_models(model_set_dir: tuple[Path, dict[str, NewFCParams]],
-                  tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_models(model_set_dir[0], tmp_path_factory.mktemp("service") / "models")
-
-
-@pytest.fixture(scope="module")
 def twelve(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return make_photos(tmp_path_factory.mktemp("twelve"))
 
@@ -54,13 +47,8 @@ def twelve(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def service(served_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The service with its defaults (beam 5, 2 workers here), shared by the tests that do not stop it."""
-    running = start_service(served_models, cwd=tmp_path_factory.mktemp("cwd"))
-    yield running
-    try:
-        assert running.stop() == 0, running.stderr
-        assert "Traceback" not in running.stderr and "ERROR" not in running.stderr, running.stderr
-    finally:
-        stop_all(running)
+    with serving(served_models, cwd=tmp_path_factory.mktemp("cwd")) as running:
+        yield running
 
 
 def cli_records(run_cli: RunCli, models: Path, photos: list[Path], *flags: str) -> dict[str, dict[str, Any]]:

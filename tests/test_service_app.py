@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, copy_models
 from tests.reference import imread
-from tests.service_helpers import copy_models, multipart
+from tests.service_helpers import multipart
 from utils.captioner import Captioner, CaptionerOptions
 from utils.decoding.options import DecodingOptions
 from utils.runtime import RuntimeOptions

@@ -20,8 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import sync_playwright
 
-from models.synthetic import NewFCParams
-from tests.service_helpers import Service, copy_models, make_photos, post_photo, start_service, stop_all
+from tests.service_helpers import Service, make_photos, post_photo, serving
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -64,16 +63,9 @@ DRAWN = """() => {
 
 
 @pytest.fixture(scope="module")
-def service(model_set_dir: tuple[Path, dict[str, NewFCParams]],
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    folder = tmp_path_factory.mktemp("browser-service")
-    running = start_service(copy_models(model_set_dir[0], folder / "models"), cwd=folder)
-    yield running
-    try:
-        assert running.stop() == 0, running.stderr
-        assert "Traceback" not in running.stderr, running.stderr
-    finally:
-        stop_all(running)
+def service(served_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with serving(served_models, cwd=tmp_path_factory.mktemp("browser-service"), quiet=False) as running:
+        yield running
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -20,9 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
-from models.synthetic import NewFCParams
 from tests.conftest import SAMPLE, cli_env
-from tests.service_helpers import Answer, Service, copy_models, post_photo, request, start_service, stop_all
+from tests.service_helpers import Answer, Service, post_photo, request, serving, start_service, stop_all
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
 from utils.decoding.options import DecodingOptions
 from utils.runtime import RuntimeOptions
@@ -34,20 +33,9 @@ TOKEN = "s3cret-Token_42"
 
 
 @pytest.fixture(scope="module")
-def served_models(model_set_dir: tuple[Path, dict[str, NewFCParams]],
-                  tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_models(model_set_dir[0], tmp_path_factory.mktemp("hostile-service") / "models")
-
-
-@pytest.fixture(scope="module")
 def service(served_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    running = start_service(served_models, cwd=tmp_path_factory.mktemp("cwd"))
-    yield running
-    try:
-        assert running.stop() == 0, running.stderr
-        assert "Traceback" not in running.stderr and "ERROR" not in running.stderr, running.stderr
-    finally:
-        stop_all(running)
+    with serving(served_models, cwd=tmp_path_factory.mktemp("cwd")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
