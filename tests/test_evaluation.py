@@ -24,7 +24,7 @@ from tests.conftest import ROOT, RunCli, cli_env
 from utils.errors import CaptionError
 from utils.evaluation.captions_files import Candidate, candidates_from_records, read_captions
 from utils.evaluation.evaluate import Evaluation, evaluate
-from utils.evaluation.files import MAX_CAPTION_CHARS, MAX_FILE_BYTES
+from utils.evaluation.files import MAX_CAPTION_CHARS, MAX_FILE_BYTES, READ_BUFFER_BYTES
 from utils.evaluation.matching import Matching, check_distinct_names, match, unmatched_warnings
 from utils.evaluation.pycoco import tokenize
 from utils.evaluation.references import References, read_references
@@ -373,6 +373,31 @@ def test_a_spreadsheet_s_csv_with_a_byte_order_mark_and_extra_columns(tmp_path: 
                                                                      "b.png": ("dog",)}
 
 
+def test_a_table_read_a_block_at_a_time_is_what_csv_reads_in_one(tmp_path: Path) -> None:
+    # Far more than one block (READ_BUFFER_BYTES), with every kind of line break, quoted breaks and
+    # characters of 2 to 4 bytes: blocks must end neither inside a character nor inside a line break.
+    rows = [("image", "caption")] + [(f"{i % 700}.jpg", f"café {i} 猫\r\nline two 😺" if i % 3 else f"dog {i}")
+                                     for i in range(12_000)]
+    breaks = ["\r\n", "\n", "\r"]
+    text = "".join(",".join(f'"{field}"' if "\n" in field else field for field in row) + breaks[i % 3]
+                   for i, row in enumerate(rows))
+    path = tmp_path / "refs.csv"
+    path.write_bytes(text.encode())
+    assert path.stat().st_size > 3 * READ_BUFFER_BYTES
+    expected: dict[str, list[str]] = {}
+    for name, caption in list(csv.reader(io.StringIO(text, newline="")))[1:]:
+        expected.setdefault(name, []).append(caption)
+    assert {n: list(i.captions) for n, i in read_references(path).images.items()} == expected
+
+
+def test_one_word_captions_are_held_once(tmp_path: Path) -> None:
+    path = tmp_path / "refs.csv"
+    path.write_text("image,caption\na.jpg,cat\nb.jpg,cat\na.jpg,cat\nc.jpg,cat\n")
+    images = read_references(path).images
+    assert images["a.jpg"].captions == ("cat", "cat") and images["b.jpg"].captions == ("cat",)
+    assert images["b.jpg"] is images["c.jpg"] and images["a.jpg"].captions[0] is images["a.jpg"].captions[1]
+
+
 def test_coco_images_without_annotations_are_not_references(tmp_path: Path) -> None:
     path = tmp_path / "refs.json"
     path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
@@ -387,6 +412,7 @@ def coco_with(images: list[Any], annotations: Any) -> str:
     return json.dumps({"images": images, "annotations": annotations})
 
 
+NEVER_CLOSED = "the quote that opens a field there is never closed"
 GOOD_IMAGE = {"id": 1, "file_name": "val2014/a.jpg"}
 GOOD_ANNOTATION = {"image_id": 1, "caption": "a cat"}
 MALFORMED_REFERENCES = [
@@ -429,6 +455,18 @@ MALFORMED_REFERENCES = [
     ("image,caption\na.jpg,a cat\nb.jpg\n", "refs.dat: line 3 has 1 fields, not the image and its caption"),
     ("image,caption\n,a cat\n", "refs.dat: line 2 has no image"),
     ("image,caption\na.jpg," + "x" * 140_000 + "\n", "refs.dat: line 2: field larger than field limit"),
+    # A quote never closed: csv's reader would close it at the end of the file (the rest one caption).
+    ('image,caption\na.jpg,"a cat\nb.jpg,a dog\n', f"refs.dat: line 2: {NEVER_CLOSED}"),
+    ('image,caption\na.jpg,"a cat', f"refs.dat: line 2: {NEVER_CLOSED}"),
+    ('image,caption\na.jpg,"two\nlines"\n\nb.jpg,"x ""y""\nc.jpg,z',
+     f"refs.dat: line 5: {NEVER_CLOSED}"),
+    ('image,caption\r\na.jpg,"a\rb"\rb.jpg,"c\r\nd\r\n', f"refs.dat: line 4: {NEVER_CLOSED}"),
+    ('image,"caption\na.jpg,a cat\n', f"refs.dat: line 1: {NEVER_CLOSED}"),
+    ('image\tcaption\na.jpg\t"a cat\nb.jpg\ta dog\n', f"refs.dat: line 2: {NEVER_CLOSED}"),
+    ('image,caption\na.jpg,"a cat\n' + "b.jpg,a dog\n" * 200, f"refs.dat: line 2: {NEVER_CLOSED}"),
+    ('image,caption\na.jpg,"a cat\n' + "b.jpg,a dog\n" * 12_000,
+     "refs.dat: line 2: field larger than field limit (131072), in a quoted field that runs on to line 10925; "
+     "is its closing quote missing?"),
 ]
 
 
@@ -455,6 +493,12 @@ def test_a_references_file_that_is_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"image,caption\na.jpg,caf\xe9\n")
     with pytest.raises(CaptionError, match=r"refs.csv is not UTF-8 text \(byte 23\); expected"):
         read_references(path)
+    path.write_bytes(b"\xef\xbb\xbfimage,caption\n" + b"a.jpg,a cat\n" * 20_000 + b"b.jpg,caf\xe9\n")
+    with pytest.raises(CaptionError, match=r"refs.csv is not UTF-8 text \(byte 240026\); expected"):
+        read_references(path)  # the offset in the file, beyond the first block, byte order mark included
+    path.write_bytes(b'\xef\xbb\xbf{"images": "caf\xe9"}')
+    with pytest.raises(CaptionError, match=r"refs.csv is not UTF-8 text \(byte 18\); expected"):
+        read_references(path)
 
 
 def test_a_references_file_too_large_is_not_read(tmp_path: Path) -> None:
@@ -477,6 +521,56 @@ def test_a_references_folder_or_missing_file(tmp_path: Path) -> None:
         read_references(tmp_path)
     with pytest.raises(CaptionError, match="cannot read the references file .*nothing.json: No such file"):
         read_references(tmp_path / "nothing.json")
+
+
+# --- references: memory (docs/limits.md) -----------------------------------------------------------------
+
+ONE_WORD = ("cat", "dog", "bird", "car", "tree")
+
+
+def one_word_table(rows: int) -> str:
+    return "image,caption\n" + "".join(f"COCO_val2014_{i:012d}.jpg,{ONE_WORD[i % 5]}\n" for i in range(rows))
+
+
+def one_word_coco(images: int) -> str:
+    return json.dumps({"images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in range(images)],
+                       "annotations": [{"image_id": i // 5, "id": i, "caption": ONE_WORD[i % 5]}
+                                       for i in range(5 * images)]})
+
+
+def karpathy_like(images: int) -> str:
+    entries = []
+    for i in range(images):
+        raws = [f"A {ONE_WORD[(i + k) % 5]} sitting on a table next to a {ONE_WORD[k]} number {i}." for k in range(5)]
+        entries.append({"filepath": "val2014", "sentids": list(range(5 * i, 5 * i + 5)), "imgid": i, "cocoid": i,
+                        "filename": f"COCO_val2014_{i:012d}.jpg", "split": "test",
+                        "sentences": [{"tokens": raw.lower().rstrip(".").split(), "raw": raw, "imgid": i,
+                                       "sentid": 5 * i + k} for k, raw in enumerate(raws)]})
+    return json.dumps({"images": entries, "dataset": "coco"})
+
+
+def peak_growth(path: Path) -> int:
+    """How far a fresh process's peak resident memory grows while it reads ``path``, in bytes. VmHWM, not
+    ru_maxrss: a child inherits its parent's ru_maxrss (pytest's, here)."""
+    child = ("import re, sys; from pathlib import Path; from utils.evaluation.references import read_references; "
+             "hwm = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text())[1]) * 1024; "
+             "base = hwm(); read_references(Path(sys.argv[1])); print(hwm() - base)")
+    proc = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True, text=True, cwd=ROOT,
+                          env=cli_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout)
+
+
+# Measured: 3.7, 6.1 and 2.7 times (20.5, 9.4 and 8.3 before the references were held compactly). A few
+# megabytes each, so a second or two; docs/limits.md has the figures for 255 MB files.
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+@pytest.mark.parametrize(("make", "size", "at_most"), [(one_word_table, 100_000, 5.0), (one_word_coco, 20_000, 7.5),
+                                                       (karpathy_like, 4_000, 4.0)])
+def test_reading_references_takes_a_few_times_the_file_in_memory(make: Any, size: int, at_most: float,
+                                                                 tmp_path: Path) -> None:
+    path = tmp_path / "refs"
+    path.write_text(make(size), encoding="utf-8")
+    assert peak_growth(path) < at_most * path.stat().st_size
 
 
 # --- captions files ------------------------------------------------------------------------------------

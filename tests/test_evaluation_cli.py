@@ -83,6 +83,20 @@ def test_a_malformed_references_file_is_a_usage_error_before_any_model_loads(run
     assert proc.stdout == "" and not metrics.exists() and list(empty.iterdir()) == []
 
 
+def test_a_references_csv_with_a_quote_never_closed_is_a_usage_error(run_cli: RunCli, models: Path,
+                                                                    photos: list[Path], tmp_path: Path) -> None:
+    # csv's reader closes such a field at the end of the file: the rows after it would be one caption of
+    # cat.png, and the run would score against it with exit status 0.
+    refs = tmp_path / "refs.csv"
+    refs.write_text('image,caption\ncrop.jpg,a cat\ncat.png,"a cat on a table\ncrop.jpg,a close-up\n'
+                    'wide.png,a wide cat\n', encoding="utf-8")
+    metrics = tmp_path / "m.json"
+    proc = run_cli("-i", photos[0], "--references", refs, "--metrics-file", metrics, "--model-dir", models, *RUN)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"ERROR: {refs}: line 3: the quote that opens a field there is never closed\n"
+    assert proc.stdout == "" and not metrics.exists()
+
+
 def test_without_java_references_are_refused_before_any_model_loads(run_cli: RunCli, photos: list[Path],
                                                                     tmp_path: Path) -> None:
     refs = write_references(tmp_path / "refs.csv")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from utils.errors import CaptionError
@@ -22,6 +25,8 @@ MAX_FILE_BYTES = 256 * 2**20
 # captions are under 300 characters; this program's are at most 100 words.
 MAX_CAPTION_CHARS = 2000
 
+READ_BUFFER_BYTES = 2**16  # what a file is read by, and how far ahead of its first line is looked
+
 NAME_SHOWN_CHARS = 80  # a name from a file, in a message: at most this many characters
 
 
@@ -38,32 +43,62 @@ def file_name(name: str) -> str:
     return posixpath.basename(os.path.basename(name))
 
 
-def read_limited(path: Path, what: str) -> bytes:
-    """The whole of ``path``, a regular file of at most MAX_FILE_BYTES; ``what`` names it in messages
+def _cannot_read(what: str, name: str, exc: OSError) -> CaptionError:
+    return CaptionError(f"cannot read the {what} {name}: {exc.strerror or exc}")
+
+
+def too_large(what: str, name: str) -> CaptionError:
+    """The error for a file over MAX_FILE_BYTES; ``name`` as ``shown`` gives it."""
+    return CaptionError(f"the {what} {name} is larger than {MAX_FILE_BYTES // 2**20} MB, more than any "
+                        "references file published for COCO; it is not read")
+
+
+@contextmanager
+def open_limited(path: Path, what: str) -> Iterator[io.BufferedReader[io.FileIO]]:
+    """``path`` open for reading, a regular file of at most MAX_FILE_BYTES; ``what`` names it in messages
     ("references file"). Opened without blocking and checked as opened, so a pipe is refused, not
-    waited for."""
+    waited for; a file over the bound is refused before any of it is read. OSError while the caller
+    reads is its error for that file (one line)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     name = shown(str(path), 200)
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        raise CaptionError(f"cannot read the {what} {name}: {exc.strerror or exc}") from None
+        raise _cannot_read(what, name, exc) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
             raise CaptionError(f"the {what} {name} is a folder, not a file")
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(status.st_mode):
             raise CaptionError(f"the {what} {name} is not a regular file (a pipe, device or socket)")
-        with open(fd, "rb", buffering=0, closefd=False) as file:
-            data = file.read(MAX_FILE_BYTES + 1)  # a file that grows while it is read stops here too
+        if status.st_size > MAX_FILE_BYTES:
+            raise too_large(what, name)
+        with io.BufferedReader(io.FileIO(fd, "r", closefd=False), READ_BUFFER_BYTES) as file:
+            yield file
     except OSError as exc:
-        raise CaptionError(f"cannot read the {what} {name}: {exc.strerror or exc}") from None
+        raise _cannot_read(what, name, exc) from None
     finally:
         os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise CaptionError(f"the {what} {name} is larger than {MAX_FILE_BYTES // 2**20} MB, more than any "
-                           "references file published for COCO; it is not read")
+
+
+def read_rest(file: io.BufferedReader[io.FileIO], what: str, name: str) -> bytes:
+    """The rest of ``file``, opened by ``open_limited``; ``name`` as ``shown`` gives it. Read to the size
+    the file has, not to the bound (that would ask for 256 MB for a small file), then on to the bound
+    should it have grown meanwhile."""
+    room = MAX_FILE_BYTES - file.tell()
+    size = os.fstat(file.fileno()).st_size - file.tell()
+    data = file.read(min(size, room) + 1)
+    if len(data) > size:  # it grows while it is read: read on, but never past the bound
+        data += file.read(room + 1 - len(data))
+    if len(data) > room:
+        raise too_large(what, name)
     return data
+
+
+def read_limited(path: Path, what: str) -> bytes:
+    """The whole of ``path``, a regular file of at most MAX_FILE_BYTES (see ``open_limited``)."""
+    with open_limited(path, what) as file:
+        return read_rest(file, what, shown(str(path), 200))
 
 
 def caption_problem(caption: str) -> str | None:

@@ -11,22 +11,44 @@ Images are known by their file name (the part after the last "/"), which is how 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from utils.errors import CaptionError
-from utils.evaluation.files import caption_problem, file_name, read_limited, shown
+from utils.evaluation.files import (
+    MAX_FILE_BYTES,
+    READ_BUFFER_BYTES,
+    caption_problem,
+    file_name,
+    open_limited,
+    read_rest,
+    shown,
+    too_large,
+)
 
 FORMATS = {"coco": "COCO captions JSON", "karpathy": "Karpathy's dataset JSON", "csv": "CSV", "tsv": "TSV"}
 EXPECTED = ("expected COCO captions JSON (images, annotations), Karpathy's dataset JSON (images with "
             "sentences) or a CSV/TSV table with a header image,caption")
 
+# The only keys of a JSON references file that are read; the others (Karpathy's tokens, above all) are
+# dropped as each object is parsed, so that they never take memory all at once.
+JSON_KEYS = frozenset({"images", "annotations", "id", "file_name", "filename", "sentences", "split", "cocoid",
+                       "image_id", "caption", "raw"})
+SHARED_KEYS = frozenset({"caption", "raw", "split"})  # keys whose short values are kept once (see Shared)
+SHARED_CHARS = 24  # the longest text kept once: a tag or a few words; a longer caption is rarely repeated
+BLANK = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.isspace() finds among ASCII characters
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)  # no __dict__: 48 bytes an image, not 88, in files of millions
 class ReferenceImage:
     captions: tuple[str, ...]
     image_id: int | None = None  # COCO's image id (COCO captions: images[].id; Karpathy: cocoid)
@@ -51,27 +73,105 @@ def read_references(path: Path, split: str | None = None) -> References:
     """The references in ``path``; ``split`` keeps one split of Karpathy's file. CaptionError, naming the
     file and the place, for anything else than the three formats."""
     source = shown(str(path), 200)
-    data = read_limited(path, "references file")
+    with open_limited(path, "references file") as file:
+        if not _starts_like_json(file):
+            table = _from_table(source, _Lines(source, file))
+            if split is not None:
+                raise CaptionError(f"--split is for Karpathy's dataset JSON; {source} is {FORMATS[table.format]}")
+            return table
+        return _from_json(source, _json_text(source, file), split)
+
+
+def _starts_like_json(file: io.BufferedReader[io.FileIO]) -> bool:
+    """Whether the first character that is not blank opens a JSON object or list, looking no further than
+    the file's first READ_BUFFER_BYTES (nothing is consumed)."""
+    head = file.peek(READ_BUFFER_BYTES)[:READ_BUFFER_BYTES]
+    return head.removeprefix(codecs.BOM_UTF8).lstrip(BLANK)[:1] in (b"{", b"[")
+
+
+def _not_utf8(source: str, offset: int) -> CaptionError:
+    return CaptionError(f"{source} is not UTF-8 text (byte {offset}); {EXPECTED}")
+
+
+def _json_text(source: str, file: io.BufferedReader[io.FileIO]) -> str:
+    """The whole text, for json's parser; its bytes are let go before that parser starts."""
+    data = read_rest(file, "references file", source)
     try:
-        text = data.decode("utf-8-sig")  # a spreadsheet's CSV may start with a byte order mark
+        return data.decode("utf-8-sig")  # a spreadsheet's export may start with a byte order mark
     except UnicodeDecodeError as exc:
-        raise CaptionError(f"{source} is not UTF-8 text (byte {exc.start}); {EXPECTED}") from None
-    head = text.lstrip()[:1]
-    if head in ("{", "["):
-        return _from_json(source, text, split)
-    table = _from_table(source, text)
-    if split is not None:
-        raise CaptionError(f"--split is for Karpathy's dataset JSON; {source} is {FORMATS[table.format]}")
-    return table
+        raise _not_utf8(source, exc.start + (3 if data.startswith(codecs.BOM_UTF8) else 0)) from None
+
+
+class _Lines:
+    """A table's text a line at a time, each with its line break ("\\r\\n", "\\r" or "\\n", as csv's reader
+    wants them), decoded a block of lines at a time: the whole text is never held, neither as bytes nor
+    as a string (which a single character beyond Latin-1 makes 2 or 4 bytes a character)."""
+
+    def __init__(self, source: str, file: io.BufferedReader[io.FileIO]) -> None:
+        self._source, self._file = source, file
+        self.ended = False  # every line has been given, and one more asked for
+
+    def __iter__(self) -> Iterator[str]:
+        offset = 0  # of the block in the file
+        while block := self._block(offset):
+            start = 3 if offset == 0 and block.startswith(codecs.BOM_UTF8) else 0  # a spreadsheet's export
+            try:
+                text = block[start:].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(self._source, offset + start + exc.start) from None
+            offset += len(block)
+            yield from io.StringIO(text, newline="")  # lines end at "\\r\\n", "\\r" or "\\n", kept
+        self.ended = True
+
+    def _block(self, offset: int) -> bytes:
+        """The next READ_BUFFER_BYTES or so, to the end of a line: a block never ends inside a character or
+        between the "\\r" and "\\n" of a line break, as no UTF-8 character holds either byte."""
+        block = self._file.read(READ_BUFFER_BYTES)
+        if block and not block.endswith(b"\n"):
+            block += self._file.readline(MAX_FILE_BYTES + 1 - offset - len(block))
+        if offset + len(block) > MAX_FILE_BYTES:  # the file grew while it was read
+            raise too_large("references file", self._source)
+        return block
+
+
+class _Shared:
+    """Short texts kept once however often they occur (one-word captions, split names), so that a file of
+    millions of them costs a pointer each, not a string each. Longer texts are not looked up: they are
+    rarely repeated, and remembering each would cost more than it saves."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, str] = {}
+        self._images: dict[str, ReferenceImage] = {}  # by its one caption, a short one
+
+    def __call__(self, text: str) -> str:
+        return self._seen.setdefault(text, text) if len(text) <= SHARED_CHARS else text
+
+    def image(self, captions: str | list[str]) -> ReferenceImage:
+        """The ReferenceImage of ``captions`` (one, or a list); of one short caption, one for every image
+        that has only it (it is immutable)."""
+        if isinstance(captions, list):
+            return ReferenceImage(tuple(captions))
+        if len(captions) > SHARED_CHARS:
+            return ReferenceImage((captions,))
+        if (image := self._images.get(captions)) is None:
+            image = self._images[captions] = ReferenceImage((captions,))
+        return image
+
+    def json_object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        """json's object_pairs_hook: the keys that are read (the last of a repeated key, as json keeps),
+        their short texts shared."""
+        return {key: self(value) if key in SHARED_KEYS and isinstance(value, str) else value
+                for key, value in pairs if key in JSON_KEYS}
 
 
 def _from_json(source: str, text: str, split: str | None) -> References:
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=_Shared().json_object)
     except json.JSONDecodeError as exc:
         raise CaptionError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise CaptionError(f"{source} is not a references file: JSON nested too deeply") from None
+    del text  # the caller keeps no reference: the text goes before the references are built
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         what = "a list (a COCO results file?)" if isinstance(document, list) else "JSON without an images list"
         raise CaptionError(f"{source} is not a references file: it is {what}; {EXPECTED}")
@@ -130,8 +230,8 @@ def _from_coco(source: str, images: list[Any], annotations: Any) -> References:
         if image_id not in names:
             raise CaptionError(f"{source}: {where}: image_id {image_id} is not among the images")
         captions.setdefault(image_id, []).append(_caption(source, where, annotation.get("caption")))
-    return References(source, "coco", None, {
-        name: ReferenceImage(tuple(captions[image_id]), image_id)
+    return References(source, "coco", None, {  # each list goes as its tuple is made: not both at once
+        name: ReferenceImage(tuple(captions.pop(image_id)), image_id)
         for name, image_id in ids.items() if image_id in captions
     })
 
@@ -171,25 +271,63 @@ def _from_karpathy(source: str, images: list[Any], split: str | None) -> Referen
     return References(source, "karpathy", split, kept)
 
 
-def _from_table(source: str, text: str) -> References:
-    first_line = text.split("\n", 1)[0].rstrip("\r")
+def _from_table(source: str, lines: _Lines) -> References:
+    rows = iter(lines)
+    line = next(rows, None)
+    first_line = "" if line is None else line.rstrip("\r\n")
     kind = "tsv" if "\t" in first_line else "csv"
-    reader = csv.reader(io.StringIO(text, newline=""), dialect=csv.excel_tab if kind == "tsv" else csv.excel)
-    images: dict[str, list[str]] = {}
+    reader = csv.reader(itertools.chain(() if line is None else (line,), rows),
+                        dialect=csv.excel_tab if kind == "tsv" else csv.excel)
+    images: dict[str, str | list[str]] = {}  # a caption, or a list of two or more
+    shared = _Shared()
+    end = 0  # the last line of the last row read
     try:
-        header = [field.strip().lower() for field in next(reader, [])]
+        header = next(reader, [])
+        _check_closed(source, lines, reader.line_num, header)
+        header = [field.strip().lower() for field in header]
         if "image" not in header or "caption" not in header:
             raise CaptionError(f"{source} is not a references file: {EXPECTED}; its first line is "
                                f"{shown(first_line)!r}")
         image_at, caption_at = header.index("image"), header.index("caption")
+        end = reader.line_num
         for row in reader:
+            start, end = end + 1, reader.line_num  # a row's lines: more than one where a quoted field holds breaks
+            _check_closed(source, lines, end, row)
             if not row or row == [""]:
                 continue  # a blank line
-            where = f"line {reader.line_num}"
+            where = f"line {start}"
             if len(row) <= max(image_at, caption_at):
                 raise CaptionError(f"{source}: {where} has {len(row)} fields, not the image and its caption")
-            name = _name(source, where, row[image_at].strip(), "image")
-            images.setdefault(name, []).append(_caption(source, where, row[caption_at]))
+            _add(images, _name(source, where, row[image_at].strip(), "image"),
+                 shared(_caption(source, where, row[caption_at])))
     except csv.Error as exc:
+        if reader.line_num > end + 1:  # a quoted field ran on over lines: a quote not closed, most likely
+            raise CaptionError(f"{source}: line {end + 1}: {exc}, in a quoted field that runs on to line "
+                               f"{reader.line_num}; is its closing quote missing?") from None
         raise CaptionError(f"{source}: line {reader.line_num}: {exc}") from None
-    return References(source, kind, None, {name: ReferenceImage(tuple(c)) for name, c in images.items()})
+    built: dict[str, Any] = images  # each value is replaced by its ReferenceImage in place: one table, not two
+    for name, captions in images.items():
+        built[name] = shared.image(captions)
+    return References(source, kind, None, built)
+
+
+def _add(images: dict[str, str | list[str]], name: str, caption: str) -> None:
+    """Adds ``caption`` to ``name``'s. An image's first caption is kept alone, not in a list: a table of
+    millions of images with one caption each would take a list each (about 100 bytes) for nothing."""
+    captions = images.get(name)
+    if captions is None:
+        images[name] = caption
+    elif isinstance(captions, str):
+        images[name] = [captions, caption]
+    else:
+        captions.append(caption)
+
+
+def _check_closed(source: str, lines: _Lines, end: int, row: list[str]) -> None:
+    """Refuses ``row``, read up to line ``end``, if the file's end closed its last field. csv's reader ends
+    a quoted field there as if its quote were closed (unless strict, which would also refuse text after a
+    closing quote): the rest of the file would be one caption. Only such a row is read past the end."""
+    if row and lines.ended:
+        field = row[-1]  # it holds every line break since its quote
+        opened = end - len(LINE_BREAK.findall(field)) + (1 if field.endswith(("\n", "\r")) else 0)
+        raise CaptionError(f"{source}: line {opened}: the quote that opens a field there is never closed")
