@@ -9,16 +9,22 @@ Throughput: the service (the real program with --serve, in its own process) answ
 concurrent clients, each posting the photos in turn as raw bodies over a kept-alive connection, in
 requests per second; against the command line's image mode on the same folder (`-i folder --json`, run
 in this process with its models loaded once, so neither side pays for loading), in photos per second.
-Rounds alternate between the two so that drift in machine load favours neither. Latency: single requests
+Rounds alternate between the two so that drift in machine load favours neither; each service round is
+run through each API (raw upload to /v1/captions, Ollama's /api/generate, OpenAI's /v1/chat/completions,
+the last two with the photo's base64 in JSON), reported as a ratio of /v1/captions. Latency: single requests
 one at a time on an idle service (p50, p99), against the command line's own time for one photo (`-i
-photo.jpg --json`, models loaded, which gives that photo one worker with every core).
+photo.jpg --json`, models loaded, which gives that photo one worker with every core), and the same
+single requests through each API: the raw upload (/v1/captions), Ollama's /api/generate and OpenAI's
+/v1/chat/completions (the photo's base64 in JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import io
+import json
 import re
 import statistics
 import subprocess
@@ -80,16 +86,35 @@ def service(models: Path, precision: Precision, workers: int, beam_size: int) ->
         proc.wait(120)
 
 
-def post(conn: http.client.HTTPConnection, data: bytes) -> None:
-    conn.request("POST", "/v1/captions", body=data, headers={"Content-Type": "image/jpeg"})
+APIS = ("/v1/captions", "/api/generate", "/v1/chat/completions")
+Request = tuple[str, bytes, dict[str, str]]  # path, body, headers
+
+
+def api_request(api: str, photo: bytes) -> Request:
+    """``photo``'s request to ``api`` (one of APIS), as its clients send it."""
+    if api == "/v1/captions":
+        return api, photo, {"Content-Type": "image/jpeg"}
+    encoded = base64.b64encode(photo).decode()
+    if api == "/api/generate":
+        body: dict[str, object] = {"model": "fc_nsc", "stream": False, "images": [encoded]}
+    else:
+        body = {"model": "fc_nsc", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{encoded}"}}]}]}
+    return api, json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+def post(conn: http.client.HTTPConnection, asked: Request) -> None:
+    path, body, headers = asked
+    conn.request("POST", path, body=body, headers=headers)
     response = conn.getresponse()
-    body = response.read()
+    answer = response.read()
     if response.status != 200:
-        raise SystemExit(f"the service answered {response.status}: {body[:200]!r}")
+        raise SystemExit(f"the service answered {response.status}: {answer[:200]!r}")
 
 
-def service_round(endpoint: Endpoint, photos: list[bytes], clients: int) -> float:
-    """Seconds for ``clients`` clients to get every photo captioned once between them."""
+def service_round(endpoint: Endpoint, photos: list[bytes], clients: int, api: str = APIS[0]) -> float:
+    """Seconds for ``clients`` clients to get every photo captioned once between them, through ``api``."""
+    asked = [api_request(api, photo) for photo in photos]
     turns = iter(range(len(photos)))
     lock = threading.Lock()
     conns = [http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=600) for _ in range(clients)]
@@ -102,7 +127,7 @@ def service_round(endpoint: Endpoint, photos: list[bytes], clients: int) -> floa
                 index = next(turns, None)
             if index is None:
                 return
-            post(conn, photos[index])
+            post(conn, asked[index])
 
     threads = [threading.Thread(target=client, args=(c,)) for c in conns]
     start = time.perf_counter()
@@ -132,12 +157,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def single_latencies(endpoint: Endpoint, photos: list[bytes], count: int) -> list[float]:
+def single_latencies(endpoint: Endpoint, photos: list[bytes], count: int, api: str = APIS[0]) -> list[float]:
     conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=600)
+    asked = [api_request(api, photo) for photo in photos]  # built before the clock starts, as a client would
     out = []
     for i in range(count):
         start = time.perf_counter()
-        post(conn, photos[i % len(photos)])
+        post(conn, asked[i % len(asked)])
         out.append(time.perf_counter() - start)
     conn.close()
     return out
@@ -158,24 +184,33 @@ def measure(args: argparse.Namespace, precision: Precision, paths: list[Path]) -
     cli_round(folder, names, decoding)  # warm-up: the file cache, every worker's sessions
     with service(args.models, precision, args.workers, args.beam_size) as endpoint:
         service_round(endpoint, photos, args.clients)  # warm-up
-        cli_s, served_s = [], []
+        cli_s: list[float] = []
+        served_s: dict[str, list[float]] = {api: [] for api in APIS}
         for round_ in range(args.rounds):
             if round_ % 2 == 0:
                 cli_s.append(cli_round(folder, names, decoding))
-            served_s.append(service_round(endpoint, photos, args.clients))
+            for api in APIS if round_ % 2 == 0 else APIS[::-1]:
+                served_s[api].append(service_round(endpoint, photos, args.clients, api))
             if round_ % 2 == 1:
                 cli_s.append(cli_round(folder, names, decoding))
-        idle = single_latencies(endpoint, photos, args.single)
+        by_api = {api: single_latencies(endpoint, photos, args.single, api) for api in APIS}
+        idle = by_api[APIS[0]]
     with service(args.models, precision, 1, args.beam_size) as endpoint:
         idle_one = single_latencies(endpoint, photos, args.single)
     cli_one = [cli_round(one, [names[i % n]], decoding) for i in range(args.single)]
-    cli_rate, served_rate = n / statistics.median(cli_s), n / statistics.median(served_s)
+    cli_rate = n / statistics.median(cli_s)
+    rates = {api: n / statistics.median(times) for api, times in served_s.items()}
+    served_rate = rates[APIS[0]]
     print(f"{precision}, --workers {args.workers}, beam size {args.beam_size}, {args.clients} clients:")
     print(f"  command line -i folder: {cli_rate:.2f} photos/s; service: {served_rate:.2f} requests/s; "
           f"service/command line {served_rate / cli_rate:.3f}")
+    print("  through the other APIs, against /v1/captions: " + ", ".join(
+        f"{api} {rates[api]:.2f} requests/s ({rates[api] / served_rate:.3f})" for api in APIS[1:]))
     print(f"  one request at a time, idle service (--workers {args.workers}): p50 "
           f"{1e3 * percentile(idle, 0.5):.0f} ms, p99 {1e3 * percentile(idle, 0.99):.0f} ms; (--workers 1): p50 "
           f"{1e3 * percentile(idle_one, 0.5):.0f} ms, p99 {1e3 * percentile(idle_one, 0.99):.0f} ms")
+    print("  the same through each API: " + ", ".join(
+        f"{api} p50 {1e3 * percentile(times, 0.5):.0f} ms" for api, times in by_api.items()))
     print(f"  command line, one photo (one worker, every core): p50 {1e3 * percentile(cli_one, 0.5):.0f} ms, "
           f"p99 {1e3 * percentile(cli_one, 0.99):.0f} ms", flush=True)
 

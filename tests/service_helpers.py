@@ -87,10 +87,11 @@ def start_service(models: Path, *flags: str | Path, cwd: Path, env: dict[str, st
 
 
 @contextmanager
-def serving(models: Path, *flags: str | Path, cwd: Path, quiet: bool = True) -> Iterator[Service]:
+def serving(models: Path, *flags: str | Path, cwd: Path, env: dict[str, str] | None = None,
+            quiet: bool = True) -> Iterator[Service]:
     """The service for the block, stopped at its end, which must be clean: exit status 0, no traceback,
     and (``quiet``) no ERROR line."""
-    running = start_service(models, *flags, cwd=cwd)
+    running = start_service(models, *flags, cwd=cwd, env=env)
     try:
         yield running
         assert running.stop() == 0, running.stderr

@@ -6,7 +6,8 @@ serving the test models (on loopback, as tests/service_helpers.py starts it), wi
 Each fenced ```sh or ```bash block is cut into its commands (lines are added to a command until
 `bash -n` finds it complete); every command that calls the service with curl is run with bash, and
 again with sh (POSIX), in a folder holding the photo as photo.jpg. The one change to the text is the
-address: 127.0.0.1:8000 becomes the test service's.
+address: 127.0.0.1:8000 becomes the test service's. The ```python blocks that call the service (OpenAI's
+client) are run the same way, each as one script.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ PHOTO = ROOT / "samples" / "rocket.jpg"
 ADDRESS = "127.0.0.1:8000"  # the address the examples use
 ONE_ARGUMENT = 32 * 4096  # Linux's MAX_ARG_STRLEN: the longest single command-line argument
 FENCE = re.compile(r"^```(sh|bash)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+PYTHON_FENCE = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 TIMEOUT = 60
 SHELLS = ["bash"] + (["sh"] if shutil.which("sh") else [])
 
@@ -82,6 +85,9 @@ def examples() -> list[Example]:
 
 
 EXAMPLES = examples()
+PYTHON_EXAMPLES = [Example(doc, doc.read_text(encoding="utf-8").count("\n", 0, block.start(1)) + 1, block.group(1))
+                   for doc in DOCS for block in PYTHON_FENCE.finditer(doc.read_text(encoding="utf-8"))
+                   if ADDRESS in block.group(1)]
 
 
 def test_every_curl_example_is_found() -> None:
@@ -90,7 +96,8 @@ def test_every_curl_example_is_found() -> None:
         found = [e for e in EXAMPLES if e.doc == doc]
         assert len(found) == len(re.findall(r"\bcurl\s", blocks)), doc  # none left out
         assert any(e.path == "/api/generate" for e in found), doc
-    assert {e.path for e in EXAMPLES} >= {"/healthz", "/v1/captions", "/api/generate", "/openapi.json"}
+    assert {e.path for e in EXAMPLES} >= {"/healthz", "/v1/captions", "/api/generate", "/openapi.json",
+                                          "/v1/chat/completions", "/v1/responses", "/v1/models"}
     assert PHOTO.stat().st_size > 100_000
     assert len(base64.b64encode(PHOTO.read_bytes())) > ONE_ARGUMENT  # too long for one argument
 
@@ -142,6 +149,13 @@ def check_answer(example: Example, out: str, caption: str) -> None:
             assert answer["caption"] == caption
     elif path == "/openapi.json":
         assert "/api/generate" in answer["paths"] and "/v1/captions" in answer["paths"]
+    elif path == "/v1/chat/completions":
+        assert answer["object"] == "chat.completion", out
+        assert [c["message"]["content"] for c in answer["choices"]] == [caption], out
+    elif path == "/v1/responses":
+        assert answer["status"] == "completed" and answer["output"][0]["content"][0]["text"] == caption, out
+    elif path == "/v1/models":
+        assert [m["id"] for m in answer["data"]] == ["fc_nsc"], out
     else:
         raise AssertionError(f"{example.id}: no check for {path}")
 
@@ -155,3 +169,15 @@ def test_the_example_works_as_written(example: Example, shell: str, service: Ser
                           timeout=TIMEOUT)
     assert done.returncode == 0, f"{example.id}: exit status {done.returncode}\n{example.text}\n{done.stderr}"
     check_answer(example, done.stdout, caption)
+
+
+@pytest.mark.parametrize("example", PYTHON_EXAMPLES, ids=[e.id for e in PYTHON_EXAMPLES])
+def test_the_python_example_works_as_written(example: Example, service: Service, workdir: Path,
+                                             caption: str) -> None:
+    # docs/service.md's OpenAI client example: its chat caption, its Responses caption, then the model list.
+    assert example.path == "/v1"
+    script = example.text.replace(ADDRESS, f"{service.host}:{service.port}")
+    done = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=shell_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, f"{example.id}: exit status {done.returncode}\n{done.stderr}"
+    assert done.stdout.splitlines() == [caption, caption, "['fc_nsc']"], done.stdout

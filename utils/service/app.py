@@ -1,9 +1,11 @@
 """The HTTP application (FastAPI): its routes, the token check, CORS, and one JSON error shape,
-``{"error": "one line"}``, for every refusal (docs/service.md)."""
+``{"error": "one line"}``, for every refusal but the OpenAI-compatible routes', which answer OpenAI's
+(``{"error": {"message", "type", "param", "code"}}``; docs/service.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -11,7 +13,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +25,8 @@ from utils.captioner import CaptionResult
 from utils.decoding.options import DecodingOptions
 from utils.errors import CaptionError
 from utils.records import CaptionRecord, as_json
-from utils.service import ollama
+from utils.service import ollama, openai
+from utils.service.base64_image import max_body_bytes
 from utils.service.caption_queue import CaptionQueue, ImageRefused, QueueFull
 from utils.service.middleware import BearerToken, HeaderLimit, NoSniff, StopAnswer, error_response
 from utils.service.options import ServiceOptions
@@ -68,6 +71,7 @@ class ServiceState:
         self.queue: CaptionQueue | None = None
         self.stopping = False
         self.budget = UploadBudget(options.queue_size * options.max_upload_bytes)
+        self.created = time.time()  # /v1/models' "created"
 
     def start(self, queue: CaptionQueue) -> None:
         self.queue = queue
@@ -104,38 +108,60 @@ class ServiceState:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Refusal = Callable[[RequestError], Response]
+Parsed = TypeVar("Parsed")
 
 
-def _answered(handler: Handler) -> Handler:
-    """Every way a route can end as one JSON answer: a refusal, a client gone, or a bug (one log line,
-    the traceback with --debug; never a traceback from the server)."""
+def _plain(exc: RequestError) -> Response:
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+def _answered(handler: Handler, refuse: Refusal = _plain) -> Handler:
+    """Every way a route can end as one JSON answer, in ``refuse``'s shape: a refusal, a client gone, or
+    a bug (one log line, the traceback with --debug; never a traceback from the server)."""
 
     async def route(request: Request) -> Response:
         try:
             return await handler(request)
         except RequestError as exc:
-            return error_response(exc.status, exc.message, exc.headers)
+            return refuse(exc)
         except ClientGone:
             return Response(status_code=400)  # nobody reads it
         except Exception as exc:
             logger.debug("%s", "".join(traceback.format_exception(exc)))
             logger.error("internal error: %s: %s (run with --debug for details)", type(exc).__name__,
                          printable(str(exc))[:200])
-            return error_response(500, f"internal error: {type(exc).__name__}")
+            return refuse(RequestError(500, f"internal error: {type(exc).__name__}"))
 
     route.__name__ = handler.__name__
     route.__doc__ = handler.__doc__
     return route
 
 
-def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _answered_openai(handler: Handler) -> Handler:
+    return _answered(handler, openai.refusal)
+
+
+_PLAIN_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+
+
+def _error_responses(*codes: int, schema: dict[str, Any] = _PLAIN_ERROR) -> dict[int | str, dict[str, Any]]:
     words = {400: "a malformed request", 401: "no token or a wrong one (with --token)",
              408: "the body did not arrive in time (--client-timeout)", 413: "the body is over --max-upload-mb",
              415: "not multipart/form-data nor image/*", 422: "a bad option, or not an image this program decodes",
              503: "loading, stopping, or the queue is full (Retry-After says when to retry)",
              504: "no caption within --request-timeout"}
-    schema = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
     return {code: {"description": words[code], "content": {"application/json": {"schema": schema}}} for code in codes}
+
+
+def _openai_responses(answer: dict[str, Any], *codes: int, events: bool = False) -> dict[int | str, dict[str, Any]]:
+    """An OpenAI-compatible route's answers: ``answer`` with 200 (or server-sent events), and OpenAI's
+    error shape with ``codes``."""
+    content: dict[str, Any] = {"application/json": {"schema": answer}}
+    if events:
+        content["text/event-stream"] = {"schema": {"type": "string"}}
+    return {200: {"description": "OpenAI's answer", "content": content},
+            **_error_responses(*codes, schema=openai.ERROR_SCHEMA)}
 
 
 _GENERATE_FIELDS = {"model": {"type": "string"}, "created_at": {"type": "string"}, "response": {"type": "string"},
@@ -170,10 +196,14 @@ def create_app(state: ServiceState) -> FastAPI:
     # Swagger UI and ReDoc (/docs, /redoc) load their scripts from a CDN: off. /openapi.json stays.
     app = FastAPI(title="Image captioning service", version="1", docs_url=None, redoc_url=None,
                   description="Captions for photos (docs/service.md). With --token, every route but /healthz "
-                              "needs 'Authorization: Bearer TOKEN'. Errors are {\"error\": \"one line\"}.")
+                              "needs 'Authorization: Bearer TOKEN'. Errors are {\"error\": \"one line\"}; on "
+                              "the OpenAI-compatible routes (/v1/chat/completions, /v1/responses, /v1/models), "
+                              "OpenAI's {\"error\": {\"message\", \"type\", \"param\", \"code\"}}.")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if openai.is_openai_path(request.url.path):
+            return openai.error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
@@ -222,8 +252,7 @@ def create_app(state: ServiceState) -> FastAPI:
         except OptionError as exc:
             raise RequestError(422, str(exc)) from None
         if queue.full:  # before the body is read: the client need not send it
-            raise RequestError(503, "the queue is full (--queue-size); retry later",
-                               {"Retry-After": str(queue.retry_after_s()), "Connection": "close"})
+            raise _queue_full(queue)
         kind, params = content_kind(request.headers.get("content-type"))
         if kind != "multipart/form-data" and not kind.startswith("image/"):
             raise RequestError(415, f"send the photo as multipart/form-data (field 'image') or as the body with "
@@ -245,6 +274,21 @@ def create_app(state: ServiceState) -> FastAPI:
         result = await state.caption(upload, decoding)
         return JSONResponse(as_json(CaptionRecord(upload.name, result)))
 
+    async def read_json(request: Request, parse: Callable[[bytes], Parsed]) -> Parsed:
+        """A JSON body (room for an upload of the limit in base64), refused before it is read when the
+        queue is full, and parsed in a thread, its bytes still counted in the budget: a large body stalls
+        no one."""
+        deadline = asyncio.get_running_loop().time() + options.client_timeout_s
+        if (queue := state.ready_queue()).full:
+            raise _queue_full(queue)
+        reader = BodyReader(request.receive, dict(request.headers),
+                            BodyLimits(max_body_bytes(options.max_upload_bytes), options.client_timeout_s),
+                            state.budget, deadline)
+        try:
+            return await asyncio.to_thread(parse, await read_raw(reader.chunks()))
+        finally:
+            reader.release()
+
     @app.post("/api/generate", summary="Ollama's /api/generate, the subset that captions one image",
               responses={200: _GENERATED, **_error_responses(400, 401, 408, 413, 422, 503, 504)},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -257,22 +301,55 @@ def create_app(state: ServiceState) -> FastAPI:
     async def generate(request: Request) -> Response:
         """Ollama's shapes (docs/service.md#ollama-compatible-endpoint): the caption in ``response``."""
         started = time.perf_counter()
-        deadline = asyncio.get_running_loop().time() + options.client_timeout_s
-        state.ready_queue()
-        reader = BodyReader(request.receive, dict(request.headers),
-                            BodyLimits(ollama.max_body_bytes(options.max_upload_bytes), options.client_timeout_s),
-                            state.budget, deadline)
-        try:
-            # Parsed in a thread, its bytes still counted in the budget: a large body stalls no one.
-            asked = await asyncio.to_thread(ollama.parse_request, await read_raw(reader.chunks()))
-        finally:
-            reader.release()
+        asked = await read_json(request, ollama.parse_request)
         result = await state.caption(asked.image, options.decoding)
         answers = ollama.responses(asked, result, time.perf_counter() - started)
         if not asked.stream:
             return JSONResponse(answers[0])
         lines = "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
         return Response(lines, media_type="application/x-ndjson")
+
+    openai_errors = (400, 401, 408, 413, 422, 503, 504)
+
+    async def openai_caption(asked: openai.CaptionRequest) -> CaptionResult:
+        try:
+            return await state.caption(asked.image, asked.options)
+        except RequestError as exc:  # not an image: the message names its field, and so does "param"
+            param = asked.image.name if exc.status == 422 else None
+            raise openai.OpenAIRequestError(exc.status, exc.message, param, exc.headers) from None
+
+    @app.post("/v1/chat/completions", summary="OpenAI's chat completions, the subset that captions one image",
+              responses=_openai_responses(openai.CHAT_ANSWER, *openai_errors, events=True),
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": openai.chat_schema(options.decoding)}}}})
+    @_answered_openai
+    async def chat_completions(request: Request) -> Response:
+        """OpenAI's shapes (docs/service.md#openai-compatible-endpoints): the caption in
+        ``choices[0].message.content``; with ``stream``, server-sent ``chat.completion.chunk`` events."""
+        asked = await read_json(request, functools.partial(openai.parse_chat, defaults=options.decoding))
+        result = await openai_caption(asked)
+        if asked.stream:
+            return Response(openai.chat_events(asked, result), media_type="text/event-stream",
+                            headers={"Cache-Control": "no-cache"})
+        return JSONResponse(openai.chat_completion(asked, result))
+
+    @app.post("/v1/responses", summary="OpenAI's Responses API, the subset that captions one image",
+              responses=_openai_responses(openai.RESPONSE_ANSWER, *openai_errors),
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": openai.responses_schema()}}}})
+    @_answered_openai
+    async def responses(request: Request) -> Response:
+        """The caption as ``output[0].content[0]``, an ``output_text`` part (what OpenAI's clients read as
+        ``output_text``, and PhotoPrism's OpenAI engine parses)."""
+        asked = await read_json(request, functools.partial(openai.parse_responses, defaults=options.decoding))
+        result = await openai_caption(asked)
+        return JSONResponse(openai.response(asked, result))
+
+    @app.get("/v1/models", summary="OpenAI's model list: the model this service captions with",
+             responses=_openai_responses(openai.MODELS_ANSWER, 401, 503))
+    @_answered_openai
+    async def models(_request: Request) -> Response:
+        return JSONResponse(openai.models(state.ready_queue().captioner.model, state.created))
 
     for path, (content, kind) in pages.items():
         app.add_api_route(path, _page(content, kind), methods=["GET", "HEAD"], include_in_schema=False)
@@ -288,6 +365,11 @@ def create_app(state: ServiceState) -> FastAPI:
     app.add_middleware(StopAnswer)
     app.add_middleware(NoSniff)
     return app
+
+
+def _queue_full(queue: CaptionQueue) -> RequestError:
+    return RequestError(503, "the queue is full (--queue-size); retry later",
+                        {"Retry-After": str(queue.retry_after_s()), "Connection": "close"})
 
 
 def _page(content: bytes, kind: str) -> Handler:

@@ -1,6 +1,7 @@
 """The service's pure-ASGI layers, around every route: the token, the header limits, one clean answer
 for requests cut short by a forced stop, and ``X-Content-Type-Options: nosniff`` on every answer. Each
-refusal is the service's one JSON shape, ``{"error": "one line"}``."""
+refusal is the service's one JSON shape, ``{"error": "one line"}``; the token's, on the OpenAI-compatible
+paths, OpenAI's (its clients read ``error.message``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import hmac
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from utils.service import openai
 from utils.service.options import MAX_HEADER_BYTES, MAX_HEADERS
 
 OPEN_PATHS = frozenset({"/healthz"})  # answered without the token: a liveness probe has none
@@ -34,8 +36,12 @@ class BearerToken:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        response = error_response(401, "this service needs a token: send 'Authorization: Bearer TOKEN'",
-                                  {"WWW-Authenticate": "Bearer", "Connection": "close"})
+        headers = {"WWW-Authenticate": "Bearer", "Connection": "close"}
+        if openai.is_openai_path(scope["path"]):  # OpenAI's clients: the token is their API key
+            response = openai.error_response(401, "the API key is missing or wrong: this service's token "
+                                                  "(--token) is its API key ('Authorization: Bearer TOKEN')", headers)
+        else:
+            response = error_response(401, "this service needs a token: send 'Authorization: Bearer TOKEN'", headers)
         await response(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:

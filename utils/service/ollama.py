@@ -11,21 +11,16 @@ the server's, with its decoding options. Errors are Ollama's shape, ``{"error": 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from utils.captioner import CaptionResult
-from utils.service import json_body
+from utils.service import base64_image, json_body
 from utils.service.json_body import LongString
 from utils.service.uploads import RequestError, Upload
 
-_DATA_URL = re.compile(rb"data:image/[\w.+-]+;base64,", re.IGNORECASE)
 MAX_MODEL_CHARS = 200
-_BASE64_CHUNK = 1 << 20  # characters decoded at a time: other threads (the event loop) run in between
 
 
 @dataclass(frozen=True)
@@ -33,11 +28,6 @@ class GenerateRequest:
     model: str
     image: Upload
     stream: bool
-
-
-def max_body_bytes(max_upload_bytes: int) -> int:
-    """A JSON body carrying an upload of the limit in base64, with room for the other fields."""
-    return (max_upload_bytes + 2) // 3 * 4 + 64 * 1024
 
 
 def parse_request(body: bytes) -> GenerateRequest:
@@ -66,18 +56,9 @@ def parse_request(body: bytes) -> GenerateRequest:
 def _image_bytes(value: str | LongString) -> bytes:
     """The image of a base64 string (a data: URL's prefix tolerated). Never a file name: the server
     reads no path a request names, so a client must send the bytes (Ollama's libraries do)."""
-    # JSON may escape "/" as "\/" (PHP's encoder does by default); no other escape occurs in base64.
-    text = value.encode("utf-8", "replace") if isinstance(value, str) else value.raw.tobytes().replace(b"\\/", b"/")
-    start = match.end() if (match := _DATA_URL.match(text, 0, 64)) else 0
-    try:
-        data = b"".join(base64.b64decode(text[at:at + _BASE64_CHUNK], validate=True)
-                        for at in range(start, len(text), _BASE64_CHUNK))
-    except (binascii.Error, ValueError):
-        raise RequestError(400, "images[0] is not base64 (send the image's bytes, base64-encoded; the "
-                                "server reads no file a request names)") from None
-    if not data:
-        raise RequestError(400, "images[0] is empty")
-    return data
+    text = base64_image.text_of(value)
+    return base64_image.decode(text, base64_image.data_url_end(text) or 0, "images[0]",
+                               "send the image's bytes, base64-encoded; the server reads no file a request names")
 
 
 def _created_at() -> str:
