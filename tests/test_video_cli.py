@@ -88,13 +88,11 @@ def test_no_display_flag_and_savepath_folder(run_cli: RunCli, models: Path, clip
 
 
 def test_live_file_shows_frames_on_time_with_latest_captions(run_cli: RunCli, models: Path, tmp_path: Path) -> None:
-    source = make_video(tmp_path / "cam.avi", 45, fps=30.0)  # 1.5 s played in real time
+    # 1.5 s played in real time; the pacing itself is tested on a clock of its own (test_video_loops.py).
+    source = make_video(tmp_path / "cam.avi", 45, fps=30.0)
     out = tmp_path / "live.avi"
-    start = time.monotonic()
     proc = run_cli("-v", source, "--live", "-s", out, "--json", "--hud", *model_flags(models), env=HEADLESS)
-    elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
-    assert elapsed > 1.4  # it really played at 30 fps
     frames = read_frames(out)
     assert len(frames) >= 0.9 * 45  # shown ~ source frames: nothing waits for the model
     assert all(has_caption_bar(f) for f in frames)  # the HUD bar is there from the first frame

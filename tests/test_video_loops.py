@@ -9,12 +9,14 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
 import pytest
 
 import utils.video.run as video_run
+import utils.video.source as video_source
 from models.synthetic import NewFCParams
 from tests.video_helpers import make_video, read_frames, scene, video_info
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
@@ -110,6 +112,39 @@ def test_file_reading_runs_ahead_of_a_slow_model(tmp_path: Path) -> None:
     assert stats.captions == slow.calls == 3
     # While frame 0 was being captioned, the frames after it were already read (and queued in order).
     assert read_when_shown[0] > 5
+
+
+class Clock:
+    """A monotonic clock that moves only when waited on (or moved by hand): pacing without real time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_a_realtime_file_is_paced_to_its_frame_rate_and_drops_what_a_late_reader_missed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clip = make_video(tmp_path / "cam.avi", 45, fps=30.0)
+    source = open_source(str(clip), realtime=True)
+    clock = Clock()
+    monkeypatch.setattr(video_source, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=clock.wait))
+    frames = [source.read() for _ in range(11)]  # frames 0 to 10, each read as soon as it is due
+    assert [f.index for f in frames if f is not None] == list(range(11)) and source.dropped == 0
+    assert clock.waits == pytest.approx([1 / 30] * 10)  # frame 0 at once, then one frame period each
+    clock.now += 0.5  # the reader is 15 frame periods late: frames 11 to 24 went by meanwhile
+    late = source.read()
+    assert late is not None and late.index == 25 and source.dropped == 14
+    assert late.time == pytest.approx(25 / 30) and late.captured == pytest.approx(1000.0 + 25 / 30)
+    rest = [f.index for f in iter(source.read, None)]
+    assert rest == list(range(26, 45)) and source.dropped == 14
+    assert clock.now == pytest.approx(1000.0 + 45 / 30)  # the clip played for its length, 45 frame periods
 
 
 def test_live_mailbox_captions_the_latest_frame(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -317,13 +318,17 @@ def _onnxruntime_networks(plan: _Plan, options: CaptionerOptions) -> list[_Netwo
     if options.workers > 1 and runtime.intra_op_threads is None:
         # Each worker gets its share of the cores; more threads than that would only make them queue.
         runtime = replace(runtime, intra_op_threads=max(1, available_cores() // options.workers))
-    return [
-        _Networks(
-            feature=OnnxRuntimeNetwork(plan.feature.data, runtime, name=str(plan.feature.path)),
-            decoder=OnnxRuntimeNetwork(plan.decoder.data, runtime, name=str(plan.decoder.path)),
-        )
-        for _ in range(options.workers)
-    ]
+
+    def session(file: VerifiedFile) -> Network:
+        return OnnxRuntimeNetwork(file.data, runtime, name=str(file.path))
+
+    files = [plan.feature, plan.decoder] * options.workers
+    # Made at once, a thread each up to the cores: ONNX Runtime optimises a graph without holding the GIL,
+    # so a second worker's sessions cost start-up little more than the first's.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(files), available_cores())),
+                            thread_name_prefix="session") as pool:
+        sessions = list(pool.map(session, files))
+    return [_Networks(feature=sessions[i], decoder=sessions[i + 1]) for i in range(0, len(sessions), 2)]
 
 
 def _load_ailia(options: CaptionerOptions, model_dir: Path, feature: VerifiedFile,
