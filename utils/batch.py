@@ -22,6 +22,7 @@ from utils.captioner import Captioner, CaptionerOptions
 from utils.decoding.options import DecodingOptions
 from utils.errors import CaptionError, first_line
 from utils.preprocess import decode_image_bytes
+from utils.text import shortened
 
 MAX_ERROR_CHARS = 500  # a row's error: one line, about a file and what to do
 
@@ -61,7 +62,7 @@ class BatchCaptioner:
         for row in range(rows):
             # A column of no errors at all comes through Ray as None or NaN throughout: only text is one.
             if given is not None and isinstance(given[row], str) and given[row]:
-                errors[row] = _one_line(given[row])
+                errors[row] = shortened(given[row], MAX_ERROR_CHARS)
             else:
                 todo.append(row)
 
@@ -71,14 +72,14 @@ class BatchCaptioner:
             except CaptionError:
                 raise
             except Exception as exc:  # a value of another type in the column: that row's problem only
-                raise CaptionError(f"{_shown(paths[row])}: {first_line(exc)}") from None
+                raise CaptionError(f"{shortened(str(paths[row]), MAX_ERROR_CHARS)}: {first_line(exc)}") from None
 
         for done in self.captioner.caption_many(todo, self.decoding, read=read):
             row = done.source
             if done.result is None:
                 message = str(done.error) if done.error is not None else "no caption"
                 named = message.startswith(str(paths[row]))  # the decoder's messages name the file first
-                errors[row] = _one_line(message if named else f"{_shown(paths[row])}: {message}")
+                errors[row] = shortened(message if named else f"{paths[row]}: {message}", MAX_ERROR_CHARS)
                 continue
             captions[row] = done.result.caption
             if done.result.confidence is not None:
@@ -101,11 +102,3 @@ def _from_rgb(image: Any) -> np.ndarray:
     return array
 
 
-def _shown(path: Any) -> str:
-    text = str(path)
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
-
-
-def _one_line(message: str) -> str:
-    line = " ".join(message.split())
-    return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS] + "…"

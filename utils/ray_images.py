@@ -42,7 +42,7 @@ from utils.limits import MAX_IMAGE_PIXELS_ENV, decoding_limit
 from utils.output.rows import OUTPUT_FORMATS, RowsFile
 from utils.preprocess import read_image_bytes, size_problem
 from utils.stopping import program_interrupts
-from utils.text import printable
+from utils.text import printable, shortened
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def _uri_files(uri: str) -> tuple[Any, list[tuple[str, str]]]:
             raise CaptionError(f"{uri} is not a regular file (a pipe, device or socket)")
         found = filesystem.get_file_info(pafs.FileSelector(location, recursive=True))
     except (OSError, ValueError, NotImplementedError) as exc:  # pyarrow's: a refused or failed listing
-        raise CaptionError(f"cannot list {uri}: {_short(first_line(exc))}") from None
+        raise CaptionError(f"cannot list {uri}: {shortened(first_line(exc), MAX_SHOWN_ERROR)}") from None
     base = location.rstrip("/")
     files = []
     for entry in found:
@@ -211,7 +211,7 @@ def _resolved(uri: str) -> tuple[Any, str]:
             scheme = uri.split("://", 1)[0]
             raise CaptionError(f"{uri}: unknown URI scheme {scheme}:// (pyarrow reads file://, s3://, gs://, "
                                "abfs:// and hdfs://)") from None
-        raise CaptionError(f"cannot read {uri}: {_short(first_line(exc))}") from None
+        raise CaptionError(f"cannot read {uri}: {shortened(first_line(exc), MAX_SHOWN_ERROR)}") from None
 
 
 def _source_of(filesystem: Any, known: list[Any]) -> int:
@@ -257,7 +257,7 @@ def _file_bytes(name: str, source: int, location: str, filesystems: Sequence[Any
                 raise CaptionError(problem)
             return bytes(file.read())
     except (OSError, ValueError) as exc:  # pyarrow's: a file gone, a refused or failed read
-        raise CaptionError(f"cannot read {name}: {_short(first_line(exc))}") from None
+        raise CaptionError(f"cannot read {name}: {shortened(first_line(exc), MAX_SHOWN_ERROR)}") from None
 
 
 def _default_model_dir() -> Path:
@@ -374,7 +374,8 @@ def _ray_runtime(ray: Any, address: str | None) -> Iterator[None]:
                 ray.init(address=address, include_dashboard=False, **init)
                 stack.callback(ray.shutdown)
         except Exception as exc:  # ConnectionError, ValueError, RuntimeError: each library's own
-            raise CaptionError(f"cannot start or reach {where}: {_short(first_line(exc))}") from None
+            raise CaptionError(f"cannot start or reach {where}: "
+                               f"{shortened(first_line(exc), MAX_SHOWN_ERROR)}") from None
         yield
 
 
@@ -434,7 +435,7 @@ def _captioned(ray: Any, job: RayJob, options: CaptionerOptions,
     except CaptionError:
         raise
     except Exception as exc:  # an actor that cannot load the models, a lost cluster, ...
-        raise CaptionError(f"the Ray run failed: {_short(_cause(exc))}") from None
+        raise CaptionError(f"the Ray run failed: {shortened(_cause(exc), MAX_SHOWN_ERROR)}") from None
 
 
 def _row(path: Any, caption: Any, confidence: Any, error: Any) -> tuple[str, str | None, float | None, str | None]:
@@ -455,5 +456,3 @@ def _cause(exc: BaseException) -> str:
     return first_line(exc)
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_SHOWN_ERROR else text[:MAX_SHOWN_ERROR] + "…"

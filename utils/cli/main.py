@@ -8,13 +8,12 @@ import io
 import logging
 import os
 import sys
-import traceback
 from dataclasses import replace
 
 from utils.caption_types import CaptionerOptions
 from utils.cli import checkpoint, evaluation, general, ray, serve, video
 from utils.cli.parser import parse
-from utils.errors import CaptionError, UsageError, exception_chain
+from utils.errors import CaptionError, UsageError, exception_chain, log_bug
 from utils.stderr import library_output_silenced, own_stderr
 from utils.stopping import MESSAGE, exit_status, program_work, signum_of
 from utils.text import printable
@@ -53,10 +52,7 @@ def main(argv: list[str] | None = None, standalone: bool = False) -> int:
         if interrupt is not None:  # Ctrl-C inside a library's import, wrapped in its own error
             logger.error(MESSAGE)
             return exit_status(signum_of(interrupt))
-        # Not a problem with the input: a bug. One line still, the traceback with --debug.
-        logger.debug("%s", "".join(traceback.format_exception(exc)))
-        logger.error("internal error: %s: %s (run with --debug for details)", type(exc).__name__,
-                     printable(str(exc).strip().splitlines()[0] if str(exc).strip() else ""))
+        log_bug(logger, exc)
         return 1
 
 

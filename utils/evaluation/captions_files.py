@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import CaptionError
-from utils.evaluation.files import caption_problem, file_name, read_limited, shown
+from utils.evaluation.files import caption_problem, file_name, read_limited
 from utils.evaluation.references import References
+from utils.text import shortened
 
 FORMATS = {"jsonl": "JSON Lines", "csv": "CSV", "tsv": "TSV", "coco-results": "COCO results JSON"}
 EXPECTED = ("expected this program's --json output (JSON Lines), its --format csv/tsv table (header "
@@ -50,7 +51,7 @@ def candidates_from_records(records: Iterable[tuple[str, str | None]]) -> list[C
 
 def read_captions(path: Path, references: References) -> CaptionsFile:
     """The captions in ``path``; ``references`` give a COCO results file's ids their file names."""
-    source = shown(str(path), 200)
+    source = shortened(str(path), 200)
     text = read_limited(path, "captions file").decode("utf-8-sig", errors="surrogateescape")
     head = text.lstrip()[:1]
     if head == "[":
@@ -104,7 +105,7 @@ def _from_table(source: str, text: str) -> CaptionsFile:
         if header[:1] == ["time"]:
             raise CaptionError(f"{source} holds a video's captions (time, frame); only images can be scored")
         if header[:2] != ["input", "caption"]:
-            raise CaptionError(f"{source}: {EXPECTED}; its first line is {shown(first_line)!r}")
+            raise CaptionError(f"{source}: {EXPECTED}; its first line is {shortened(first_line)!r}")
         error_at = header.index("error") if "error" in header else None
         for row in reader:
             if not row or row == [""]:

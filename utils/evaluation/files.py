@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from utils.errors import CaptionError
-from utils.text import printable
+from utils.text import shortened
 
 # The largest references or captions file read. The largest published references files are COCO's
 # captions_train2014.json (~66 MB) and Karpathy's dataset_coco.json (~140 MB, every split with its
@@ -27,16 +27,6 @@ MAX_CAPTION_CHARS = 2000
 
 READ_BUFFER_BYTES = 2**16  # what a file is read by, and how far ahead of its first line is looked
 
-NAME_SHOWN_CHARS = 80  # a name from a file, in a message: at most this many characters
-
-
-def shown(text: str, limit: int = NAME_SHOWN_CHARS) -> str:
-    """``text`` as a message may show it: on one line (control characters escaped), at most ``limit``
-    characters."""
-    text = printable(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def file_name(name: str) -> str:
     """The file name that references are matched by: what follows the last "/" (references name
     images as COCO and Karpathy do, with "/"; this program's records name inputs as they were given)."""
@@ -48,7 +38,7 @@ def _cannot_read(what: str, name: str, exc: OSError) -> CaptionError:
 
 
 def too_large(what: str, name: str) -> CaptionError:
-    """The error for a file over MAX_FILE_BYTES; ``name`` as ``shown`` gives it."""
+    """The error for a file over MAX_FILE_BYTES; ``name`` shortened for the message."""
     return CaptionError(f"the {what} {name} is larger than {MAX_FILE_BYTES // 2**20} MB, more than any "
                         "references file published for COCO; it is not read")
 
@@ -60,7 +50,7 @@ def open_limited(path: Path, what: str) -> Iterator[io.BufferedReader[io.FileIO]
     waited for; a file over the bound is refused before any of it is read. OSError while the caller
     reads is its error for that file (one line)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    name = shown(str(path), 200)
+    name = shortened(str(path), 200)
     try:
         fd = os.open(path, flags)
     except OSError as exc:
@@ -82,7 +72,7 @@ def open_limited(path: Path, what: str) -> Iterator[io.BufferedReader[io.FileIO]
 
 
 def read_rest(file: io.BufferedReader[io.FileIO], what: str, name: str) -> bytes:
-    """The rest of ``file``, opened by ``open_limited``; ``name`` as ``shown`` gives it. Read to the size
+    """The rest of ``file``, opened by ``open_limited``; ``name`` shortened for the message. Read to the size
     the file has, not to the bound (that would ask for 256 MB for a small file), then on to the bound
     should it have grown meanwhile."""
     room = MAX_FILE_BYTES - file.tell()
@@ -98,7 +88,7 @@ def read_rest(file: io.BufferedReader[io.FileIO], what: str, name: str) -> bytes
 def read_limited(path: Path, what: str) -> bytes:
     """The whole of ``path``, a regular file of at most MAX_FILE_BYTES (see ``open_limited``)."""
     with open_limited(path, what) as file:
-        return read_rest(file, what, shown(str(path), 200))
+        return read_rest(file, what, shortened(str(path), 200))
 
 
 def caption_problem(caption: str) -> str | None:

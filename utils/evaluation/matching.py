@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from utils.errors import CaptionError
 from utils.evaluation.captions_files import Candidate
-from utils.evaluation.files import file_name, shown
+from utils.evaluation.files import file_name
 from utils.evaluation.references import References
+from utils.text import shortened
 
 NAMES_SHOWN = 5  # a warning names this many, then gives a count
 
@@ -29,7 +30,8 @@ def check_distinct_names(names: Iterable[str]) -> None:
     for name in names:
         key = file_name(name)
         if key in seen:
-            raise CaptionError(f"the inputs {shown(seen[key])} and {shown(name)} are both named {shown(key)}; "
+            raise CaptionError(f"the inputs {shortened(seen[key])} and {shortened(name)} are both named "
+                               f"{shortened(key)}; "
                                "references are matched by file name, so each input needs a name of its own")
         seen[key] = name
 
@@ -75,6 +77,6 @@ def _count(names: list[str], one: str, many: str) -> str:
 
 
 def _first_names(names: list[str]) -> str:
-    shown_names = ", ".join(shown(name) for name in names[:NAMES_SHOWN])
+    shown_names = ", ".join(shortened(name) for name in names[:NAMES_SHOWN])
     rest = len(names) - NAMES_SHOWN
     return shown_names if rest <= 0 else f"{shown_names} and {rest} more"

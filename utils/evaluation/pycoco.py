@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from utils.errors import CaptionError
-from utils.evaluation.files import shown
+from utils.text import shortened
 
 INSTALL = "python3 -m pip install -r requirements-eval.txt"
 JAVA_PACKAGE = "default-jre-headless"
@@ -73,7 +73,7 @@ def require_evaluation(option: str) -> None:
         raise CaptionError(f"{option} needs Java, and `java -version` did not answer within "
                            f"{JAVA_START_SECONDS} s") from None
     except OSError as exc:
-        raise CaptionError(f"{option} needs Java, and {shown(java)} does not run ({exc.strerror or exc}): "
+        raise CaptionError(f"{option} needs Java, and {shortened(java)} does not run ({exc.strerror or exc}): "
                            f"{install_java}") from None
     if proc.returncode != 0:
         detail = _first_line(proc.stderr) or f"exit status {proc.returncode}"
@@ -190,4 +190,4 @@ def _first_line(messages: bytes) -> str:
     """The line that says what went wrong in a Java process's messages, shortened for one line."""
     lines = [line.strip() for line in messages.decode("utf-8", errors="replace").splitlines() if line.strip()]
     telling = [line for line in lines if "Error" in line or "Exception" in line]
-    return shown((telling or lines or [""])[0], 200)
+    return shortened((telling or lines or [""])[0], 200)

@@ -30,9 +30,9 @@ from utils.evaluation.files import (
     file_name,
     open_limited,
     read_rest,
-    shown,
     too_large,
 )
+from utils.text import shortened
 
 FORMATS = {"coco": "COCO captions JSON", "karpathy": "Karpathy's dataset JSON", "csv": "CSV", "tsv": "TSV"}
 EXPECTED = ("expected COCO captions JSON (images, annotations), Karpathy's dataset JSON (images with "
@@ -72,7 +72,7 @@ class References:
 def read_references(path: Path, split: str | None = None) -> References:
     """The references in ``path``; ``split`` keeps one split of Karpathy's file. CaptionError, naming the
     file and the place, for anything else than the three formats."""
-    source = shown(str(path), 200)
+    source = shortened(str(path), 200)
     with open_limited(path, "references file") as file:
         if not _starts_like_json(file):
             table = _from_table(source, _Lines(source, file))
@@ -214,11 +214,11 @@ def _from_coco(source: str, images: list[Any], annotations: Any) -> References:
             raise CaptionError(f"{source}: images[{i}] has no integer id")
         name = _name(source, f"images[{i}]", image.get("file_name"), "file_name")
         if ids.setdefault(name, image_id) != image_id:
-            raise CaptionError(f"{source}: images[{i}]: two images are named {shown(name)}, with ids "
+            raise CaptionError(f"{source}: images[{i}]: two images are named {shortened(name)}, with ids "
                                f"{ids[name]} and {image_id}; references are matched by file name")
         if names.setdefault(image_id, name) != name:
-            raise CaptionError(f"{source}: images[{i}]: id {image_id} is both {shown(names[image_id])} and "
-                               f"{shown(name)}")
+            raise CaptionError(f"{source}: images[{i}]: id {image_id} is both {shortened(names[image_id])} and "
+                               f"{shortened(name)}")
     captions: dict[int, list[str]] = {}
     for j, annotation in enumerate(annotations):
         where = f"annotations[{j}]"
@@ -255,7 +255,8 @@ def _from_karpathy(source: str, images: list[Any], split: str | None) -> Referen
             continue
         name = _name(source, f"images[{i}]", image.get("filename"), "filename")
         if name in where_named:
-            raise CaptionError(f"{source}: images[{i}] has the file name {shown(name)} of images[{where_named[name]}]; "
+            raise CaptionError(f"{source}: images[{i}] has the file name {shortened(name)} of "
+                               f"images[{where_named[name]}]; "
                                "references are matched by file name")
         where_named[name] = i
         captions = []
@@ -266,8 +267,8 @@ def _from_karpathy(source: str, images: list[Any], split: str | None) -> Referen
         if captions:
             kept[name] = ReferenceImage(tuple(captions), cocoid if _is_int(cocoid) else None)
     if split is not None and split not in splits:
-        present = ", ".join(shown(s, 40) for s in sorted(splits)[:20]) or "none"
-        raise CaptionError(f"{source} has no split {shown(split, 40)!r}; its splits are: {present}")
+        present = ", ".join(shortened(s, 40) for s in sorted(splits)[:20]) or "none"
+        raise CaptionError(f"{source} has no split {shortened(split, 40)!r}; its splits are: {present}")
     return References(source, "karpathy", split, kept)
 
 
@@ -287,7 +288,7 @@ def _from_table(source: str, lines: _Lines) -> References:
         header = [field.strip().lower() for field in header]
         if "image" not in header or "caption" not in header:
             raise CaptionError(f"{source} is not a references file: {EXPECTED}; its first line is "
-                               f"{shown(first_line)!r}")
+                               f"{shortened(first_line)!r}")
         image_at, caption_at = header.index("image"), header.index("caption")
         end = reader.line_num
         for row in reader:

@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from utils.errors import CaptionError
-from utils.evaluation.files import caption_problem, shown
+from utils.evaluation.files import caption_problem
 from utils.evaluation.pycoco import meteor_score, running_meteor, tokenize
+from utils.text import shortened
 
 # The corpus metrics, named as pycocoevalcap names them, in its order.
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -35,10 +36,10 @@ def score(pairs: Mapping[str, tuple[str, Sequence[str]]]) -> Scores:
         raise CaptionError("no image has both a caption and references: nothing to score")
     for image, (caption, references) in pairs.items():
         if not references:
-            raise CaptionError(f"{shown(image)} has no reference captions")
+            raise CaptionError(f"{shortened(image)} has no reference captions")
         for text in (caption, *references):
             if (problem := caption_problem(text)) is not None:
-                raise CaptionError(f"{shown(image)}: {problem}")
+                raise CaptionError(f"{shortened(image)}: {problem}")
 
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider

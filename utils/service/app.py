@@ -9,7 +9,6 @@ import functools
 import json
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -23,7 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from utils.captioner import CaptionResult
 from utils.decoding.options import DecodingOptions
-from utils.errors import CaptionError
+from utils.errors import CaptionError, log_bug
 from utils.records import CaptionRecord, as_json
 from utils.service import ollama, openai
 from utils.service.base64_image import max_body_bytes
@@ -44,7 +43,7 @@ from utils.service.uploads import (
     read_raw,
 )
 from utils.stopping import StopRequest
-from utils.text import printable
+from utils.text import printable, shortened
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +127,7 @@ def _answered(handler: Handler, refuse: Refusal = _plain) -> Handler:
         except ClientGone:
             return Response(status_code=400)  # nobody reads it
         except Exception as exc:
-            logger.debug("%s", "".join(traceback.format_exception(exc)))
-            logger.error("internal error: %s: %s (run with --debug for details)", type(exc).__name__,
-                         printable(str(exc))[:200])
+            log_bug(logger, exc)
             return refuse(RequestError(500, f"internal error: {type(exc).__name__}"))
 
     route.__name__ = handler.__name__
@@ -208,7 +205,7 @@ def create_app(state: ServiceState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
-        return error_response(422, printable(str(exc))[:300])
+        return error_response(422, shortened(str(exc), 300))
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], summary="200 once the models are loaded, 503 before",
                    responses=_status_responses("loading"))
@@ -256,7 +253,7 @@ def create_app(state: ServiceState) -> FastAPI:
         kind, params = content_kind(request.headers.get("content-type"))
         if kind != "multipart/form-data" and not kind.startswith("image/"):
             raise RequestError(415, f"send the photo as multipart/form-data (field 'image') or as the body with "
-                                    f"an image/* Content-Type, not {printable(kind[:80]) or 'no Content-Type'}",
+                                    f"an image/* Content-Type, not {shortened(kind) or 'no Content-Type'}",
                                {"Connection": "close"})
         reader = BodyReader(request.receive, dict(request.headers), limits, state.budget, deadline)
         try:

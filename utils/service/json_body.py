@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from utils.service.uploads import RequestError
+from utils.text import shortened
 
 MAX_DEPTH = 32  # arrays and objects inside one another
 MAX_VALUES = 10_000  # keys and values in the whole body (an Ollama or OpenAI request has a few dozen)
@@ -44,7 +45,7 @@ def parse(body: bytes) -> Any:
     try:
         value = json.loads(skeleton)
     except (UnicodeDecodeError, ValueError) as exc:  # ValueError: JSONDecodeError, a number of 5,000 digits
-        raise RequestError(400, f"the body is not JSON: {str(exc)[:200]}") from None
+        raise RequestError(400, f"the body is not JSON: {shortened(str(exc), 200)}") from None
     return _restore(value, strings, re.compile(re.escape(placeholder) + r"(\d{1,9})")) if strings else value
 
 

@@ -15,7 +15,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from utils.service.options import MAX_NAME_CHARS, MB
-from utils.text import printable
+from utils.text import printable, shortened
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -198,7 +198,7 @@ async def read_form_image(chunks: AsyncIterator[bytes], boundary: bytes) -> Uplo
             parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
-        raise RequestError(400, f"the multipart form is malformed: {printable(str(exc))[:200]}") from None
+        raise RequestError(400, f"the multipart form is malformed: {shortened(str(exc), 200)}") from None
     if form.image is None:
         raise RequestError(400, "the form has no field 'image'; send the photo as the form field 'image'")
     return Upload(bytes(form.image), form.name or DEFAULT_NAME)
