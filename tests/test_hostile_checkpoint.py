@@ -327,7 +327,8 @@ def test_real_pickles_walk_to_their_end() -> None:
     (b"\x80\x02cargparse\nNamespace\n}b.", "it changes a class or function"),  # would patch the class
     (b"\x80\x02K\x01K\x01\x86K\x01a.", "it changes an immutable value"),
     (b"\x80\x02(K\x01", "it ends early"),
-    (b"\x80\x02\x97.", "opcode 0x97 is not one a checkpoint file holds"),
+    (b"\x80\x02\x97.", "opcode NEXT_BUFFER is not one a checkpoint file holds"),
+    (b"\x80\x02\xff.", "opcode 0xff is not one a checkpoint file holds"),
 ])
 def test_ways_around_the_bounds_are_refused(data: bytes, why: str) -> None:
     with pytest.raises(ValueError, match=why):

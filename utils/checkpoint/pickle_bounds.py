@@ -16,6 +16,7 @@ checkpoint holds), so changing a value that is already inside another is refused
 
 from __future__ import annotations
 
+import pickletools
 import struct
 from collections.abc import Sequence
 
@@ -59,31 +60,52 @@ _OPEN = 1  # a list, dict, set or object being filled
 _INSIDE = 2  # an open value once it is inside another: it may no longer change
 _GLOBAL = 3  # a class or function (find_class): never given state, which would patch it for the process
 
-# Per opcode: its kind and the bytes of its argument (for text: of the length before the bytes). The
-# walk runs once per opcode of files with millions of them, so it tests the frequent kinds first and
-# looks each opcode up once.
+# The opcodes by name, as the standard library's pickletools describes them (its names are pickle's).
+_CODE = {op.name: ord(op.code) for op in pickletools.opcodes}
+# The bytes of each opcode's argument: fixed, or for text the bytes of the length that comes first.
+_LENGTH_BYTES = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
+                 pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}
+_WIDTH = {op.name: 0 if op.arg is None else _LENGTH_BYTES.get(op.arg.n, max(op.arg.n, 0))
+          for op in pickletools.opcodes}
+
+# Per opcode: its kind and its argument's width. The walk runs once per opcode of files with millions of
+# them, so it tests the frequent kinds first and looks each opcode up once.
 _TEXT, _PUT, _GET, _SCALAR, _MARK, _FILL, _POP, _LINE, _OTHER = range(9)
-_TABLE = {
-    # SHORT_BINSTRING, SHORT_BINBYTES, SHORT_BINUNICODE, LONG1; BINSTRING, BINUNICODE, BINBYTES, LONG4;
-    # BINUNICODE8, BINBYTES8, BYTEARRAY8
-    0x55: (_TEXT, 1), 0x43: (_TEXT, 1), 0x8C: (_TEXT, 1), 0x8A: (_TEXT, 1),
-    0x54: (_TEXT, 4), 0x58: (_TEXT, 4), 0x42: (_TEXT, 4), 0x8B: (_TEXT, 4),
-    0x8D: (_TEXT, 8), 0x8E: (_TEXT, 8), 0x96: (_TEXT, 8),
-    0x71: (_PUT, 1), 0x72: (_PUT, 4), 0x94: (_PUT, 0),  # BINPUT, LONG_BINPUT, MEMOIZE
-    0x68: (_GET, 1), 0x6A: (_GET, 4),  # BINGET, LONG_BINGET
-    # BININT1, BININT2, BININT, BINFLOAT, NONE, NEWTRUE, NEWFALSE, EMPTY_TUPLE
-    0x4B: (_SCALAR, 1), 0x4D: (_SCALAR, 2), 0x4A: (_SCALAR, 4), 0x47: (_SCALAR, 8), 0x4E: (_SCALAR, 0),
-    0x88: (_SCALAR, 0), 0x89: (_SCALAR, 0), 0x29: (_SCALAR, 0),
-    0x28: (_MARK, 0),
-    0x65: (_FILL, 0), 0x75: (_FILL, 0), 0x90: (_FILL, 0),  # APPENDS, SETITEMS, ADDITEMS
-    0x30: (_POP, 0),
-    # INT, FLOAT, LONG, STRING, UNICODE (a value as a text line); GET, PUT (a memo index as a decimal line)
-    0x49: (_LINE, 0), 0x46: (_LINE, 0), 0x4C: (_LINE, 0), 0x53: (_LINE, 0), 0x56: (_LINE, 0),
-    0x67: (_LINE, 0), 0x70: (_LINE, 0),
-    0x82: (_OTHER, 1), 0x83: (_OTHER, 2), 0x84: (_OTHER, 4),  # EXT1, EXT2, EXT4
-    0x80: (_OTHER, 1), 0x95: (_OTHER, 8),  # PROTO, FRAME
+_KINDS = {
+    _TEXT: ("SHORT_BINSTRING", "SHORT_BINBYTES", "SHORT_BINUNICODE", "LONG1", "BINSTRING", "BINUNICODE",
+            "BINBYTES", "LONG4", "BINUNICODE8", "BINBYTES8", "BYTEARRAY8"),
+    _PUT: ("BINPUT", "LONG_BINPUT", "MEMOIZE"),
+    _GET: ("BINGET", "LONG_BINGET"),
+    _SCALAR: ("BININT1", "BININT2", "BININT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE"),
+    _MARK: ("MARK",),
+    _FILL: ("APPENDS", "SETITEMS", "ADDITEMS"),  # the items after the mark go into the value below it
+    _POP: ("POP",),
+    # A value as a text line (INT, FLOAT, LONG, STRING, UNICODE); a memo index as a decimal line (GET, PUT)
+    _LINE: ("INT", "FLOAT", "LONG", "STRING", "UNICODE", "GET", "PUT"),
 }
-_OPCODES = tuple(_TABLE.get(op, (_OTHER, 0)) for op in range(256))
+_TABLE = {_CODE[name]: (kind, _WIDTH[name]) for kind, names in _KINDS.items() for name in names}
+_NAMES = {code: name for name, code in _CODE.items()}
+_OPCODES = tuple(_TABLE.get(code, (_OTHER, _WIDTH.get(_NAMES.get(code, ""), 0))) for code in range(256))
+# The opcodes the walk tells apart beyond their kind, and the groups it handles alike.
+_SETITEMS, _GET_LINE, _PUT_LINE, _INST, _DICT, _OBJ, _POP_MARK, _SETITEM, _STACK_GLOBAL, _BINPERSID, _PERSID, \
+    _DUP, _STOP, _GLOBAL = (_CODE[name] for name in ("SETITEMS", "GET", "PUT", "INST", "DICT", "OBJ", "POP_MARK",
+                                                      "SETITEM", "STACK_GLOBAL", "BINPERSID", "PERSID", "DUP",
+                                                      "STOP", "GLOBAL"))
+_NEWOBJ_EX, _TUPLE1 = _CODE["NEWOBJ_EX"], _CODE["TUPLE1"]
+
+
+def _codes(*names: str) -> frozenset[int]:
+    return frozenset(_CODE[name] for name in names)
+
+
+_FROM_MARK = _codes("TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST", "POP_MARK")  # the items after the mark
+_IMMUTABLE_FROM_MARK = _codes("TUPLE", "FROZENSET")
+_INTO_TOP = _codes("APPEND", "SETITEM", "BUILD")  # BUILD: an object's state
+_SMALL_TUPLES = _codes("TUPLE1", "TUPLE2", "TUPLE3")
+_EMPTY = _codes("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET")
+_CALLS = _codes("REDUCE", "NEWOBJ", "NEWOBJ_EX")  # a callable or class and its arguments
+_EXTENSIONS = _codes("EXT1", "EXT2", "EXT4")  # a global through copyreg's registry
+_FRAMING = _codes("PROTO", "FRAME")  # FRAME: a length, the frame's opcodes follow inline
 # Little-endian unsigned readers by width; lengths of 2^31 and more are far past every bound anyway.
 _READERS = {2: struct.Struct("<H").unpack_from, 4: struct.Struct("<I").unpack_from, 8: struct.Struct("<Q").unpack_from}
 
@@ -220,7 +242,7 @@ def _walk(data: bytes, start: int) -> int:
             marks.append(fence)
         elif kind == _FILL:  # APPENDS, SETITEMS, ADDITEMS: the items after the mark go into the value below it
             items = pop_mark()
-            if op == 0x75 and len(items) % 2:
+            if op == _SETITEMS and len(items) % 2:
                 raise ValueError("a dict item without its value")
             _change(top(), items)
         elif kind == _POP:  # the top value, or the mark just above it
@@ -231,14 +253,14 @@ def _walk(data: bytes, start: int) -> int:
                 pop(1)
         elif kind == _LINE:
             after = _line_end(data, pos)
-            if op not in (0x67, 0x70):
+            if op not in (_GET_LINE, _PUT_LINE):
                 stack.append(_Value(1, 1, after - pos, _FIXED))
             else:
                 try:
                     index = int(data[pos:after - 1])
                 except ValueError:
                     raise ValueError("a memo index that is not a number") from None
-                if op == 0x67:
+                if op == _GET_LINE:
                     if not 0 <= index < len(memo):
                         raise ValueError(f"memo index {index} was never set")
                     stack.append(memo[index])
@@ -249,46 +271,46 @@ def _walk(data: bytes, start: int) -> int:
                 else:
                     raise ValueError(f"memo index {index} skips ahead of the {len(memo)} entries so far")
             pos = after
-        elif op in (0x74, 0x6C, 0x64, 0x91, 0x6F, 0x69, 0x31):
-            # TUPLE, LIST, DICT, FROZENSET, OBJ, INST, POP_MARK: the items after the mark
-            if op == 0x69:  # INST: module and name lines first
+        elif op in _FROM_MARK:
+            if op == _INST:  # module and name lines first
                 pos = _line_end(data, _line_end(data, pos))
             items = pop_mark()
-            if op == 0x64 and len(items) % 2:
+            if op == _DICT and len(items) % 2:
                 raise ValueError("a dict item without its value")
-            if op == 0x6F and not items:
+            if op == _OBJ and not items:
                 raise ValueError("OBJ without a class")
-            if op != 0x31:
-                stack.append(_new(items, _FIXED if op in (0x74, 0x91) else _OPEN))
-        elif op in (0x61, 0x73, 0x62):  # APPEND, SETITEM, BUILD (an object's state)
-            items = pop(2 if op == 0x73 else 1)
+            if op != _POP_MARK:
+                stack.append(_new(items, _FIXED if op in _IMMUTABLE_FROM_MARK else _OPEN))
+        elif op in _INTO_TOP:
+            items = pop(2 if op == _SETITEM else 1)
             _change(top(), items)
-        elif op in (0x85, 0x86, 0x87):  # TUPLE1, TUPLE2, TUPLE3
-            stack.append(_new(pop(op - 0x84), _FIXED))
-        elif op in (0x5D, 0x7D, 0x8F):  # EMPTY_LIST, EMPTY_DICT, EMPTY_SET
+        elif op in _SMALL_TUPLES:  # of 1, 2 or 3 items, in opcode order
+            stack.append(_new(pop(op - _TUPLE1 + 1), _FIXED))
+        elif op in _EMPTY:
             stack.append(_Value(1, 1, 0, _OPEN))
-        elif op in (0x52, 0x81, 0x92):  # REDUCE, NEWOBJ, NEWOBJ_EX: a callable or class and its arguments
-            stack.append(_new(pop(3 if op == 0x92 else 2), _OPEN))
-        elif op == 0x63:  # GLOBAL: module and name lines
+        elif op in _CALLS:
+            stack.append(_new(pop(3 if op == _NEWOBJ_EX else 2), _OPEN))
+        elif op == _GLOBAL:  # module and name lines
             pos = _line_end(data, _line_end(data, pos))
             stack.append(_Value(1, 1, 0, _GLOBAL))
-        elif op == 0x93:  # STACK_GLOBAL: module and name from the stack
+        elif op == _STACK_GLOBAL:  # module and name from the stack
             pop(2)
             stack.append(_Value(1, 1, 0, _GLOBAL))
-        elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4: a global through copyreg's registry
+        elif op in _EXTENSIONS:
             pos += width
             stack.append(_Value(1, 1, 0, _GLOBAL))
-        elif op == 0x51:  # BINPERSID: the reader's persistent_load turns the id into a storage
+        elif op == _BINPERSID:  # the reader's persistent_load turns the id into a storage
             stack.append(_new(pop(1), _FIXED))
-        elif op == 0x50:  # PERSID: the id as a line
+        elif op == _PERSID:  # the id as a line
             pos = _line_end(data, pos)
             stack.append(scalar)
-        elif op == 0x32:  # DUP
+        elif op == _DUP:
             stack.append(top())
-        elif op in (0x80, 0x95):  # PROTO, FRAME (a length: the frame's opcodes follow inline)
+        elif op in _FRAMING:
             pos += width
-        elif op == 0x2E:  # STOP
+        elif op == _STOP:
             top()  # what the unpickler returns
             return pos
         else:  # NEXT_BUFFER, READONLY_BUFFER (out-of-band data, never in a file) and unknown opcodes
-            raise ValueError(f"opcode 0x{op:02x} is not one a checkpoint file holds")
+            name = _NAMES.get(op)
+            raise ValueError(f"opcode {name or f'0x{op:02x}'} is not one a checkpoint file holds")
