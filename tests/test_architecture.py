@@ -300,3 +300,26 @@ def test_a_new_per_image_step_is_one_class_and_one_registration(captioner: Capti
     assert [line.strip() for line in out["text"].splitlines() if line.startswith("  ")] == [f"{n} words" for n in words]
     rows = list(csv.DictReader(io.StringIO(out["csv"])))
     assert list(rows[0])[-2:] == ["words", "error"] and [int(r["words"]) for r in rows] == words
+
+
+def test_the_public_api_is_what_utils_exports_and_importing_it_loads_no_runtime() -> None:
+    import importlib
+
+    import utils
+
+    public = set(utils._PUBLIC)
+    assert set(utils.__all__) == public | {"__version__"} and sorted(dir(utils)) == sorted(utils.__all__)
+    for name, module in utils._PUBLIC.items():
+        assert getattr(utils, name) is getattr(importlib.import_module(module), name), name
+    with pytest.raises(AttributeError, match="no attribute 'internal'"):
+        utils.internal  # noqa: B018
+    # The docs' examples import from the package, never from the modules under it.
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    imported = re.findall(r"^from (utils[\w.]*) import (.+)$", api, re.MULTILINE)
+    assert imported and all(module == "utils" for module, _ in imported), imported
+    assert {n.strip() for _, names in imported for n in names.split(",")} <= public
+    heavy = ("onnx", "onnxruntime", "cv2", "numpy", "ailia", "fastapi", "ray")
+    child = f"import sys, utils; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=ROOT, env=cli_env(),
+                          timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

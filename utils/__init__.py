@@ -1,3 +1,57 @@
-"""The program's modules: model files, runtimes, preprocessing, decoding, drawing, the Captioner API."""
+"""image_captioning_pytorch as a library: what this package exports is its public API (docs/api.md);
+everything under it is the program's own and may change.
+
+The names are imported on first use, so that ``import utils`` (and every command line, which imports
+its modules through this package) costs nothing: the runtimes load only when a Captioner is made.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.26.0"
+
+# Each public name and the module that defines it.
+_PUBLIC = {
+    "Captioner": "utils.captioner",
+    "Captioned": "utils.captioner",
+    "CaptionerOptions": "utils.caption_types",
+    "CaptionResult": "utils.caption_types",
+    "RankedCaption": "utils.caption_types",
+    "default_workers": "utils.caption_types",
+    "DecodingOptions": "utils.decoding.options",
+    "RuntimeOptions": "utils.runtime",
+    "BatchCaptioner": "utils.batch",
+    "CaptionError": "utils.errors",
+    "OptionConflict": "utils.compatibility",
+    "StopRequest": "utils.stopping",
+    "read_image": "utils.preprocess",
+}
+__all__ = [  # the names of _PUBLIC (tests/test_architecture.py checks that the two agree)
+    "__version__", "BatchCaptioner", "CaptionError", "CaptionResult", "Captioned", "Captioner", "CaptionerOptions",
+    "DecodingOptions", "OptionConflict", "RankedCaption", "RuntimeOptions", "StopRequest", "default_workers",
+    "read_image",
+]
+
+if TYPE_CHECKING:
+    from utils.batch import BatchCaptioner
+    from utils.caption_types import CaptionerOptions, CaptionResult, RankedCaption, default_workers
+    from utils.captioner import Captioned, Captioner
+    from utils.compatibility import OptionConflict
+    from utils.decoding.options import DecodingOptions
+    from utils.errors import CaptionError
+    from utils.preprocess import read_image
+    from utils.runtime import RuntimeOptions
+    from utils.stopping import StopRequest
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'utils' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
