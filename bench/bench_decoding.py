@@ -3,7 +3,7 @@
 
     python3 bench/bench_decoding.py [--models bench/models] [--images 8] [--repeat 5]
 
-Builds a 512-wide, V = 9487 decoder with models/synthetic.py (20 steps, ~10-word captions) in a temporary
+Builds a 512-wide, V = 9487 decoder with tests/stand_in_models.py (20 steps, ~10-word captions) in a temporary
 folder, and times on the feature vectors of a few 640x480 photos:
 
 - the feature model (ResNet-101, 640x480) on ONNX Runtime: bench/models/model_feat.onnx if present
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import prebuilt, timed_ms  # noqa: E402
 from bench.numpy_step_model import NumpyStepModel  # noqa: E402
 from bench.photos import sample_crops  # noqa: E402
-from models.synthetic import (  # noqa: E402
+from tests.stand_in_models import (  # noqa: E402
     BENCH_EOS_BIAS,
     default_words,
     make_greedy_decoder,

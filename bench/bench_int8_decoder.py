@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import fc_inputs, prebuilt, timed_ms  # noqa: E402
 from bench.photos import sample_crops  # noqa: E402
-from models.synthetic import (  # noqa: E402
+from tests.stand_in_models import (  # noqa: E402
     BENCH_EOS_BIAS,
     default_words,
     make_greedy_decoder,

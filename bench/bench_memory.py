@@ -5,7 +5,7 @@ folders of 200 and 2,000 photos (640x480 JPEGs), with `--json -s OUT`.
     python3 bench/bench_memory.py [--models bench/models] [--counts 200 2000] [--precision int8]
                                   [--workers N] [--test-models]
 
---test-models builds the tests' small model set instead (models/synthetic.py): the models then take
+--test-models builds the tests' small model set instead (tests/stand_in_models.py): the models then take
 milliseconds, so the run mostly exercises reading, queueing, drawing and writing, which is where memory
 that grew with the number of inputs would show.
 """
@@ -60,7 +60,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = args.models
         if args.test_models:
-            from models.synthetic import make_model_set
+            from tests.stand_in_models import make_model_set
 
             models = Path(tmp) / "models"
             models.mkdir()

@@ -9,7 +9,7 @@ timed whole. Ray's start-up (the local runtime, then an actor loading the models
 a run of --ray on a single photo, and subtracted from the --ray run for its throughput once started.
 Reported: seconds per run, photos/s, the ratio ray/plain of the photos/s once started, and the
 start-up cost. The models default to the full-size benchmark set (bench/make_models.py); --models
-with a test-size set (models/synthetic.py) measures Ray's per-batch overhead on tiny models instead.
+with a test-size set (tests/stand_in_models.py) measures Ray's per-batch overhead on tiny models instead.
 Needs requirements-ray.txt.
 """
 

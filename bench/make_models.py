@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# models/synthetic.py holds the builders; make the repository root importable when run as a script.
+# tests/stand_in_models.py holds the builders; make the repository root importable when run as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.synthetic import (  # noqa: E402
+from tests.stand_in_models import (  # noqa: E402
     BENCH_EOS_BIAS,
     DECODER_NAMES,
     default_words,

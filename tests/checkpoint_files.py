@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from models.synthetic import NewFCParams, default_words
+from tests.stand_in_models import NewFCParams, default_words
 
-# state-dict key -> NewFCParams field (models.synthetic), upstream NewFCModel's parameter order.
+# state-dict key -> NewFCParams field (tests.stand_in_models), upstream NewFCModel's parameter order.
 NEWFC_KEYS = {
     "embed.weight": "embed",
     "fc_embed.weight": "fc_embed_w",

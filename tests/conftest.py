@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from models.synthetic import NewFCParams, make_model_set
 from tests.reference import imread
+from tests.stand_in_models import NewFCParams, make_model_set
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "image_captioning_pytorch.py"

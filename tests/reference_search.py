@@ -2,7 +2,7 @@
 utils/decoding/search.py.
 
 Written from upstream's behaviour, not from this program's code: one beam at a time in Python lists,
-float64 arithmetic, the network from models.synthetic.lstm_step. Shares nothing with utils/.
+float64 arithmetic, the network from tests.stand_in_models.lstm_step. Shares nothing with utils/.
 
 Upstream particulars followed here (ruotianluo/ImageCaptioning.pytorch, CaptionModel.beam_search and
 AttModel._sample):
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.synthetic import NewFCParams, lstm_step
+from tests.stand_in_models import NewFCParams, lstm_step
 
 DECODE_BAD_ENDINGS = ["a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon", "near",
                       "to", "is", "are", "am"]

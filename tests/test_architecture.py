@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from models.synthetic import NewFCParams
 from tests.conftest import ROOT, SAMPLE, RunCli, cli_env
+from tests.stand_in_models import NewFCParams
 from tests.video_helpers import make_video
 from utils.captioner import Captioner, CaptionerOptions
 from utils.image_job import ImageJob

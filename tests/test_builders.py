@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from models.synthetic import (
+from tests.stand_in_models import (
     DECODER_NAMES,
     NewFCParams,
     default_words,

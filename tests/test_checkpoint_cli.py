@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from models.synthetic import make_feature_model, reference_greedy
 from tests import reference_search
 from tests.checkpoint_files import FIXTURES, fixture_weights, fixture_words
 from tests.conftest import RunCli
 from tests.reference import demo_read_rgb, image_features
+from tests.stand_in_models import make_feature_model, reference_greedy
 from tests.test_checkpoint_unpickler import _System
 from tests.video_helpers import make_video
 from utils.quantization.decoder import int8_decoder_pays

@@ -13,7 +13,6 @@ import onnxruntime as ort
 import pytest
 
 from models import imported_names
-from models.synthetic import NewFCParams, make_feature_model, reference_greedy
 from tests import reference_search
 from tests.checkpoint_files import (
     FIXTURES,
@@ -25,6 +24,7 @@ from tests.checkpoint_files import (
     write_legacy_checkpoint,
     write_zip_checkpoint,
 )
+from tests.stand_in_models import NewFCParams, make_feature_model, reference_greedy
 from utils.captioner import Captioner, CaptionerOptions
 from utils.checkpoint.importer import import_checkpoint
 from utils.decoding.options import DecodingOptions

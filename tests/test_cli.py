@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from models.synthetic import NewFCParams, make_model_set, make_resnet_stem_model, write_vocab
 from tests.conftest import SAMPLE, RunCli
 from tests.reference import BAD_ENDINGS, imread, reference_caption
+from tests.stand_in_models import NewFCParams, make_model_set, make_resnet_stem_model, write_vocab
 
 
 def test_default_input_is_the_sample_photo(run_cli: RunCli, models: Path, weights: dict[str, NewFCParams]) -> None:

@@ -11,10 +11,10 @@ import pytest
 from onnx import helper, numpy_helper
 
 from image_captioning_pytorch import main
-from models.synthetic import NewFCParams, make_model_set
 from tests import reference_search as ref
 from tests.conftest import RunCli
 from tests.reference import demo_read_rgb, image_features, reference_caption, words_of
+from tests.stand_in_models import NewFCParams, make_model_set
 
 FLAGS = ("--offline", "--onnx")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from models.synthetic import NewFCParams
 from tests.conftest import SAMPLE, RunCli
 from tests.https_server import Server, https_server
 from tests.reference import reference_caption
+from tests.stand_in_models import NewFCParams
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.synthetic import default_words
 from tests.checkpoint_files import (
     FIXTURES,
     LEGACY_MAGIC,
@@ -35,6 +34,7 @@ from tests.checkpoint_files import (
 )
 from tests.conftest import SCRIPT, cli_env
 from tests.peak_rss import peak_rss_mb
+from tests.stand_in_models import default_words
 from utils.checkpoint import pickle_bounds
 from utils.checkpoint.infos import MAX_VOCABULARY
 from utils.checkpoint.pickle_bounds import MAX_DEPTH, MAX_VALUES, BoundExceeded

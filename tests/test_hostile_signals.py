@@ -26,9 +26,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from models.synthetic import make_feature_model
 from tests.checkpoint_files import FIXTURES
 from tests.conftest import SAMPLE, SCRIPT, cli_env
+from tests.stand_in_models import make_feature_model
 from tests.video_helpers import make_video
 from utils.errors import CaptionError
 from utils.metadata import require_exiftool

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from models import model_set
-from models.synthetic import make_feature_model
 from tests.conftest import ROOT
+from tests.stand_in_models import make_feature_model
 from utils.captioner import Captioner, CaptionerOptions
 from utils.errors import CaptionError
 from utils.model_files import VerifiedFile, load_file, sha256_bytes

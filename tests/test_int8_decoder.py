@@ -1,4 +1,4 @@
-"""The int8 decoder (utils/quantization/decoder.py) on ONNX Runtime, with decoders built by models/synthetic.py.
+"""The int8 decoder (utils/quantization/decoder.py) on ONNX Runtime, with decoders built by tests/stand_in_models.py.
 
 What the program relies on: the quantized graph keeps the published interface (docs/models.md §4); a
 row's step-model result does not depend on the other rows of its batch (the replay rides along as one
@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models.synthetic import default_words, make_greedy_decoder, random_decoder_weights
+from tests.stand_in_models import default_words, make_greedy_decoder, random_decoder_weights
 from tests.test_search import fc_inputs
 from utils.decoding.decoder import CaptionDecoder, Replay, replay_mismatch
 from utils.decoding.graph import GreedyGraphDecoder

@@ -25,9 +25,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from models.synthetic import NewFCParams
 from tests.conftest import ROOT, SAMPLE, SCRIPT, RunCli, cli_env
 from tests.reference import imread
+from tests.stand_in_models import NewFCParams
 from utils.batch import BatchCaptioner
 from utils.captioner import CaptionerOptions
 from utils.ray_images import INSTALL, RayJob, local_runtime, run_ray

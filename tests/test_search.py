@@ -14,8 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.synthetic import NewFCParams, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
 from tests import reference_search as ref
+from tests.stand_in_models import (
+    NewFCParams,
+    default_words,
+    make_greedy_decoder,
+    random_decoder_weights,
+    reference_greedy,
+)
 from utils.decoding.decoder import CaptionDecoder
 from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions, LengthPenalty, SampleMethod

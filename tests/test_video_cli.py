@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from models.synthetic import NewFCParams
 from tests.conftest import SCRIPT, RunCli, cli_env
 from tests.reference import reference_caption
+from tests.stand_in_models import NewFCParams
 from tests.video_helpers import SCENE_FRAMES, has_caption_bar, make_video, read_frames, video_info
 
 HEADLESS = {"DISPLAY": "", "WAYLAND_DISPLAY": ""}  # whatever the machine running the tests has

@@ -17,7 +17,7 @@ import pytest
 
 import utils.video.run as video_run
 import utils.video.source as video_source
-from models.synthetic import NewFCParams
+from tests.stand_in_models import NewFCParams
 from tests.video_helpers import make_video, read_frames, scene, video_info
 from utils.captioner import Captioner, CaptionerOptions, CaptionResult
 from utils.decoding.options import DecodingOptions

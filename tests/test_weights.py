@@ -11,8 +11,14 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from models.synthetic import NewFCParams, default_words, make_greedy_decoder, random_decoder_weights, reference_greedy
 from tests.reference_search import words_before_end
+from tests.stand_in_models import (
+    NewFCParams,
+    default_words,
+    make_greedy_decoder,
+    random_decoder_weights,
+    reference_greedy,
+)
 from utils.decoding.decoder import CaptionDecoder
 from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions

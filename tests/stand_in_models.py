@@ -287,7 +287,7 @@ def _save_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
         ir_version=IR_VERSION,
-        producer_name="models.synthetic",
+        producer_name="tests.stand_in_models",
     )
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
