@@ -75,18 +75,31 @@ PLAY = """() => new Promise(resolve => {
   video.muted = true;
   video.play().catch(error => done('play() refused: ' + error.name));
 })"""
-# The frame shown at a time, decoded by the browser and drawn on a canvas, as a PNG data URL.
-FRAME_AT = """seconds => new Promise(resolve => {
+# The frame shown at a time, decoded by the browser and drawn on a canvas, as a PNG data URL. Drawn once
+# the seek has ended and the frame for that time has been presented: at 'seeked' alone, Chromium may
+# still show the frame from before the seek.
+FRAME_AT = """([seconds, period]) => new Promise(resolve => {
   const video = document.querySelector('video');
   const timer = setTimeout(() => resolve(null), 20000);
-  video.addEventListener('seeked', () => {
+  let seeked = false, presented = false;
+  const draw = () => {
     clearTimeout(timer);
     const canvas = document.createElement('canvas');
     canvas.width = video.videoWidth;
     canvas.height = video.videoHeight;
     canvas.getContext('2d').drawImage(video, 0, 0);
     resolve(canvas.toDataURL('image/png'));
-  }, {once: true});
+  };
+  const frame = (now, metadata) => {
+    if (Math.abs(metadata.mediaTime - seconds) <= period) {
+      presented = true;
+      if (seeked) draw();
+    } else {
+      video.requestVideoFrameCallback(frame);
+    }
+  };
+  video.requestVideoFrameCallback(frame);
+  video.addEventListener('seeked', () => { seeked = true; if (presented) draw(); }, {once: true});
   video.currentTime = seconds;
 })"""
 
@@ -197,7 +210,7 @@ def test_webm_and_its_track_play_in_chromium(run_cli: RunCli, models: Path, tmp_
     # Mid-frame times, so the frame shown is not in doubt: the browser's picture is the file's frame.
     written = read_frames(tmp_path / "out.webm")
     for index in (0, FRAMES // 2, FRAMES - 1):
-        url = page.evaluate(FRAME_AT, (index + 0.5) / FPS)
+        url = page.evaluate(FRAME_AT, [(index + 0.5) / FPS, 1 / FPS])
         assert url is not None, f"seeking to frame {index} never finished"
         shown = decode_data_url(url)
         assert shown.shape[:2] == (SIZE[1], SIZE[0]) and has_caption_bar(shown)
