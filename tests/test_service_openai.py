@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import SAMPLE, RunCli, cli_env
 from tests.service_helpers import Service, make_photos, request, serving
-from tests.test_service import cli_records
+from tests.test_service import cli_records, wait_until
 from utils.decoding.options import DecodingOptions, SampleMethod
 from utils.service import openai as served
 from utils.service.uploads import RequestError
@@ -177,6 +177,24 @@ def test_refusals_reach_the_client_as_its_exceptions(service: Service, client: o
     for method, path, status in (("GET", "/v1/chat/completions", 405), ("GET", "/v1/models/fc_nsc", 404)):
         answer = request(service, method, path, headers={"Authorization": f"Bearer {TOKEN}"})
         assert answer.status == status and set(answer.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_over_the_limits_the_client_gets_openais_errors(served_models: Path, tmp_path: Path) -> None:
+    # A 1 MB upload limit, and defaults slow enough (beam 1000) to pass a 0.5 s time limit.
+    slow = ("--workers", "1", "--max-upload-mb", "1", "--request-timeout", "0.5", "--beam-size", "1000",
+            "--group-size", "100", "--max-length", "100")
+    with serving(served_models, *slow, cwd=tmp_path, quiet=False) as running:
+        client = openai.OpenAI(base_url=f"{running.url}v1", api_key="any", max_retries=0, timeout=60)
+        too_big = "data:image/png;base64," + "A" * (2 << 20)
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model="m", messages=photo_message(too_big))
+        assert caught.value.status_code == 413, caught.value
+        assert set(caught.value.body) == {"message", "type", "param", "code"}  # type: ignore[call-overload]
+        with pytest.raises(openai.InternalServerError) as late:
+            client.chat.completions.create(model="m", messages=photo_message(data_url(SAMPLE)))
+        assert late.value.status_code == 504 and late.value.body["code"] == "timeout"  # type: ignore[index]
+        assert "--request-timeout" in late.value.body["message"]  # type: ignore[index]
+        wait_until(lambda: request(running, "GET", "/readyz").json().get("pending") == 0)
 
 
 def test_javascript_client_gets_the_clis_caption(service: Service, run_cli: RunCli, served_models: Path,
