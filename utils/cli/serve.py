@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("caption service (--serve; see docs/service.md)")
     g.add_argument("--serve", type=_address, default=None, metavar="[HOST:]PORT",
                    help="serve captions over HTTP at HOST (default 127.0.0.1) and PORT (0: any free port): an API, "
-                        "an Ollama-compatible endpoint and a web page; the model, precision, workers and decoding "
-                        "flags are its defaults")
+                        "Ollama- and OpenAI-compatible endpoints and a web page; the model, precision, workers and "
+                        "decoding flags are its defaults")
     g.add_argument("--token", default=None, metavar="TOKEN",
                    help=f"require 'Authorization: Bearer TOKEN' on every request but /healthz (default: ${TOKEN_ENV}; "
                         "the variable keeps it out of the process list)")
