@@ -319,6 +319,8 @@ def test_the_decoding_options_a_request_maps_to() -> None:
     (chat_body(stream="yes"), "stream must be true or false"),
     (chat_body(stream_options=3), "stream_options must be an object"),
     (chat_body(response_format={"type": "json_object"}), "'json_object' is not served"),
+    # A long string inside a refused value (set aside unparsed) is quoted by its size, not a 500.
+    (chat_body(temperature={"a": "x" * 70_000}), 'temperature must be a number from 0 to 2, got {"a": "<a string of'),
     (json.dumps({"model": "m", "messages": photo_message("data:text/plain;base64,aGk=")}).encode(),
      "a data: URL of another type"),
     (json.dumps({"model": "m", "messages": photo_message("data:image/png;base64,%%%")}).encode(), "is not base64"),

@@ -29,6 +29,7 @@ from utils.service import base64_image, json_body
 from utils.service.json_body import LongString
 from utils.service.ollama import MAX_MODEL_CHARS
 from utils.service.uploads import RequestError, Upload
+from utils.text import shortened
 
 # The paths whose refusals (the token's 401 included) are OpenAI's shape.
 PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/models")
@@ -144,9 +145,12 @@ def decoding_options(asked: Asked, defaults: DecodingOptions) -> DecodingOptions
 
 
 def _shown(value: Any) -> str:
+    """A request's value quoted in a message: its JSON, shortened; a long string (set aside unparsed, and
+    perhaps inside the value) by its size."""
     if isinstance(value, LongString):
         return f"a string of {len(value)} bytes"
-    return json.dumps(value, ensure_ascii=False)[:_SHOWN]
+    return shortened(json.dumps(value, ensure_ascii=False, default=lambda long: f"<a string of {len(long)} bytes>"),
+                     _SHOWN)
 
 
 def _refuse(message: str, param: str | None) -> OpenAIRequestError:
@@ -201,8 +205,8 @@ def _plain_text(value: Any, name: str) -> None:
     if kind == "text":
         return
     if isinstance(kind, str):
-        raise _refuse(f"{name} {kind[:_SHOWN]!r} is not served: this service answers a photo's caption as plain "
-                      "text", name)
+        raise _refuse(f"{name} {shortened(kind, _SHOWN)!r} is not served: this service answers a photo's caption "
+                      "as plain text", name)
     raise _refuse(f"{name} must be an object with a type, got {_shown(value)}", name)
 
 
@@ -228,9 +232,10 @@ def _parts(content: Any, where: str, role: str) -> list[tuple[Any, str]]:
         if kind in _TEXT_PARTS:
             continue
         if kind not in _IMAGE_PARTS:
-            raise _refuse(f"{at} is a part of type {kind[:_SHOWN]!r}: this service takes image and text parts", at)
+            raise _refuse(f"{at} is a part of type {shortened(kind, _SHOWN)!r}: this service takes image and text "
+                          "parts", at)
         if role != "user":
-            raise _refuse(f"{at}: an image must be in a user message, not a {role[:_SHOWN]!r} one", at)
+            raise _refuse(f"{at}: an image must be in a user message, not a {shortened(role, _SHOWN)!r} one", at)
         found.append(_image_value(part, at))
     return found
 
