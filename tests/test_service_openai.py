@@ -308,6 +308,9 @@ def test_the_decoding_options_a_request_maps_to() -> None:
 
 @pytest.mark.parametrize(("body", "words"), [
     (b"[]", "the body must be a JSON object"),
+    # The service's JSON bounds hold here too, found by the scan before anything is built.
+    (b'{"model": "m", "messages": ' + b"[" * 100_000, "the JSON is nested more than 32 deep"),
+    (b"{" + b",".join(b'"k%d": 1' % i for i in range(20_000)) + b"}", "the JSON has more than 10000 keys and values"),
     (b'{"messages": []}', "model is required"),
     (b'{"model": "m"}', "messages must be a list"),
     (b'{"model": "m", "messages": [{"content": "hi"}]}', "messages[0].role is required"),
