@@ -12,11 +12,11 @@ import sys
 if __name__ == "__main__":
     # First of all: Ctrl-C or SIGTERM while the libraries below load (seconds, on a cold disk) ends the
     # program at once, with nothing to clean up yet; main() says how they are answered once work starts
-    # (utils/stopping.py).
-    from utils.stopping import Interrupts
+    # (utils/support/stopping.py).
+    from utils.support.stopping import Interrupts
 
     Interrupts(mode="exit").install_for_program()
-    from utils.limits import apply_decoding_limit
+    from utils.engine.limits import apply_decoding_limit
 
     apply_decoding_limit()  # OpenCV reads it once, when it loads
 

@@ -50,8 +50,8 @@ from utils.decoding.options import DecodingOptions  # noqa: E402
 from utils.decoding.search import SearchContext, StepModel, search  # noqa: E402
 from utils.decoding.step_model import OrtStepModel  # noqa: E402
 from utils.decoding.weights import DecoderWeights, recover_weights  # noqa: E402
-from utils.preprocess import preprocess  # noqa: E402
-from utils.runtime import OnnxRuntimeNetwork  # noqa: E402
+from utils.engine.preprocess import preprocess  # noqa: E402
+from utils.engine.runtime import OnnxRuntimeNetwork  # noqa: E402
 
 VOCAB = 9487
 WIDTH = 512

@@ -31,13 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import ensure_models  # noqa: E402
 from bench.photos import make_photos  # noqa: E402
-from utils.captioner import Captioner, CaptionerOptions, available_cores, default_workers  # noqa: E402
 from utils.decoding.options import DecodingOptions  # noqa: E402
-from utils.image_job import ImageJob  # noqa: E402
-from utils.images import run_images  # noqa: E402
-from utils.preprocess import preprocess, read_image  # noqa: E402
+from utils.engine.captioner import Captioner, CaptionerOptions, available_cores, default_workers  # noqa: E402
+from utils.engine.preprocess import preprocess, read_image  # noqa: E402
+from utils.engine.runtime import RuntimeOptions  # noqa: E402
+from utils.images.job import ImageJob  # noqa: E402
+from utils.images.run import run_images  # noqa: E402
 from utils.quantization import PRECISIONS, Precision  # noqa: E402
-from utils.runtime import RuntimeOptions  # noqa: E402
 
 
 def bare_loop(captioner: Captioner, inputs: list[np.ndarray]) -> float:

@@ -67,7 +67,8 @@ from utils.decoding.graph import GreedyGraphDecoder  # noqa: E402
 from utils.decoding.options import DecodingOptions  # noqa: E402
 from utils.decoding.step_model import OrtStepModel  # noqa: E402
 from utils.decoding.weights import DecoderWeights, recover_weights  # noqa: E402
-from utils.preprocess import preprocess  # noqa: E402
+from utils.engine.preprocess import preprocess  # noqa: E402
+from utils.engine.runtime import OnnxRuntimeNetwork  # noqa: E402
 from utils.quantization.decoder import (  # noqa: E402
     BLOCK_SIZE,
     QUANTIZED_LAYERS,
@@ -76,7 +77,6 @@ from utils.quantization.decoder import (  # noqa: E402
     quantize_step_graph,
     run_every_layer,
 )
-from utils.runtime import OnnxRuntimeNetwork  # noqa: E402
 
 VOCAB = 9487
 WIDTH = 512

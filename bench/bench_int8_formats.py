@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 from bench.common import cosine, ensure_models  # noqa: E402
 from bench.photos import sample_crops  # noqa: E402
 from models import model_set  # noqa: E402
-from utils.inputs import expand_inputs  # noqa: E402
-from utils.model_files import VerifiedFile, load_file  # noqa: E402
-from utils.preprocess import preprocess, read_image  # noqa: E402
+from utils.engine.model_files import VerifiedFile, load_file  # noqa: E402
+from utils.engine.preprocess import preprocess, read_image  # noqa: E402
+from utils.engine.runtime import OnnxRuntimeNetwork, RuntimeOptions  # noqa: E402
+from utils.images.inputs import expand_inputs  # noqa: E402
 from utils.quantization.calibration import calibration_photos  # noqa: E402
 from utils.quantization.features import build_int8_features  # noqa: E402
 from utils.quantization.methods import (  # noqa: E402
@@ -49,7 +50,6 @@ from utils.quantization.methods import (  # noqa: E402
     cpu_name,
     method_for_this_cpu,
 )
-from utils.runtime import OnnxRuntimeNetwork, RuntimeOptions  # noqa: E402
 
 
 def bench_inputs(photos: Path | None, count: int) -> list[np.ndarray]:

@@ -37,13 +37,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import cosine  # noqa: E402
 from models import DECODERS, DEFAULT_DECODER  # noqa: E402
-from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
-from utils.inputs import expand_inputs  # noqa: E402
-from utils.preprocess import read_image  # noqa: E402
+from utils.engine.captioner import Captioner, CaptionerOptions  # noqa: E402
+from utils.engine.preprocess import read_image  # noqa: E402
+from utils.engine.runtime import RuntimeOptions  # noqa: E402
+from utils.images.inputs import expand_inputs  # noqa: E402
 from utils.quantization import Precision  # noqa: E402
 from utils.quantization.features import int8_path  # noqa: E402
 from utils.quantization.methods import cpu_name, method_for_this_cpu  # noqa: E402
-from utils.runtime import RuntimeOptions  # noqa: E402
 
 
 @dataclass

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import ensure_models, timed_process  # noqa: E402
 from bench.photos import make_photos  # noqa: E402
-from utils.captioner import default_workers  # noqa: E402
+from utils.engine.captioner import default_workers  # noqa: E402
 from utils.metadata import require_exiftool  # noqa: E402
 
 

@@ -38,8 +38,8 @@ import json, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
 import cv2
-from utils.captioner import Captioner, CaptionerOptions, _load
-from utils.runtime import RuntimeOptions
+from utils.engine.captioner import Captioner, CaptionerOptions, _load
+from utils.engine.runtime import RuntimeOptions
 from models import default_model_dir
 t1 = time.perf_counter()
 options = CaptionerOptions(model_dir=Path(sys.argv[1]), offline=True, progress=False, precision=sys.argv[3],
@@ -65,8 +65,8 @@ print(json.dumps({"imports": t1 - t0, "files": t2 - t1, "sessions": (t3 - t2) - 
 FOLDER = r"""
 import sys, time
 from pathlib import Path
-from utils.captioner import Captioner, CaptionerOptions, default_workers
-from utils.runtime import RuntimeOptions
+from utils.engine.captioner import Captioner, CaptionerOptions, default_workers
+from utils.engine.runtime import RuntimeOptions
 options = CaptionerOptions(model_dir=Path(sys.argv[1]), offline=True, progress=False, workers=default_workers(),
                            runtime=RuntimeOptions(backend="onnxruntime"))
 captioner = Captioner(options)

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import ensure_models  # noqa: E402
-from utils.captioner import Captioner, CaptionerOptions  # noqa: E402
-from utils.preprocess import read_image  # noqa: E402
+from utils.engine.captioner import Captioner, CaptionerOptions  # noqa: E402
+from utils.engine.preprocess import read_image  # noqa: E402
+from utils.engine.runtime import RuntimeOptions  # noqa: E402
 from utils.quantization import Precision  # noqa: E402
-from utils.runtime import RuntimeOptions  # noqa: E402
 from utils.video.job import VideoJob, VideoStats  # noqa: E402
 from utils.video.loops import process_video  # noqa: E402
 from utils.video.source import open_source  # noqa: E402

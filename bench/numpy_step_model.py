@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils.arrays import F32, I64, State
 from utils.decoding.weights import DecoderWeights
+from utils.engine.arrays import F32, I64, State
 
 
 def _sigmoid(x: F32) -> F32:

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.preprocess import read_image
+from utils.engine.preprocess import read_image
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "chelsea.png"
 

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from utils.arrays import F32, I64
+from utils.engine.arrays import F32, I64
 
 F64 = npt.NDArray[np.float64]
 

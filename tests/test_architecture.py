@@ -19,14 +19,14 @@ import pytest
 from tests.conftest import ROOT, SAMPLE, RunCli, cli_env
 from tests.stand_in_models import NewFCParams
 from tests.video_helpers import make_video
-from utils.captioner import Captioner, CaptionerOptions
-from utils.image_job import ImageJob
-from utils.images import run_images
+from utils.engine.captioner import Captioner, CaptionerOptions
+from utils.engine.preprocess import read_image
+from utils.engine.runtime import RuntimeOptions
+from utils.images.job import ImageJob
+from utils.images.run import run_images
+from utils.images.steps import CaptionedImage, Step, registry
 from utils.output.formats import FORMATS, ResultWriter
-from utils.preprocess import read_image
-from utils.records import CaptionRecord, RunSummary, Section
-from utils.runtime import RuntimeOptions
-from utils.steps import CaptionedImage, Step, registry
+from utils.output.records import CaptionRecord, RunSummary, Section
 from utils.video.job import VideoJob
 from utils.video.loops import process_video
 from utils.video.source import open_source
@@ -115,10 +115,10 @@ def hook(event, args):
         if path.parent == folder and not path.name.startswith(".") and path.suffix in (".onnx", ".json"):
             opened[path.name] += 1
 sys.addaudithook(hook)
-from utils.captioner import Captioner, CaptionerOptions
+from utils.engine.captioner import Captioner, CaptionerOptions
 from utils.decoding.options import DecodingOptions
-from utils.preprocess import read_image
-from utils.runtime import RuntimeOptions
+from utils.engine.preprocess import read_image
+from utils.engine.runtime import RuntimeOptions
 captioner = Captioner(CaptionerOptions(model_dir=folder, offline=True, progress=False,
                                        runtime=RuntimeOptions(backend="onnxruntime")))
 image = read_image(Path(sys.argv[2]))
@@ -219,13 +219,19 @@ def test_every_code_reference_to_the_docs_resolves() -> None:
     assert cited > 10 and broken == [] and by_title == []
 
 
+LOOSE_MODULE_HOMES = ("engine", "support")
+
+
 def import_graph() -> dict[str, set[str]]:
-    """Which parts of the program import which: a part is a package of utils/ (utils.steps), a module of
-    utils/ (utils.captioner), models or vocab. Imports made only for type checking count too: they tie
+    """Which parts of the program import which: a part is a package of utils/ (utils.images), a module of
+    utils/ (utils.engine.captioner), models or vocab. Imports made only for type checking count too: they tie
     the parts together just the same."""
     def part(module: str) -> str:
         names = module.split(".")
-        return ".".join(names[:2]) if names[0] == "utils" and len(names) > 1 else names[0]
+        if names[0] != "utils" or len(names) == 1:
+            return names[0]
+        # The engine's and the support modules' packages are homes of loose modules, each a part of its own.
+        return ".".join(names[:3] if names[1] in LOOSE_MODULE_HOMES and len(names) > 2 else names[:2])
 
     graph: dict[str, set[str]] = {}
     for path in [p for top in ("utils", "models", "vocab") for p in (ROOT / top).rglob("*.py")]:
@@ -242,7 +248,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_no_cycle_between_the_parts_of_the_program() -> None:
     graph = import_graph()
-    assert {"utils.cli", "utils.steps", "utils.output", "utils.images"} <= set(graph)  # the walk saw them
+    assert {"utils.cli", "utils.output", "utils.images", "utils.engine.captioner"} <= set(graph)  # the walk saw them
 
     def cycle_from(start: str, node: str, path: list[str]) -> list[str] | None:
         for nxt in sorted(graph.get(node, ())):
@@ -254,6 +260,21 @@ def test_no_cycle_between_the_parts_of_the_program() -> None:
 
     cycles = [c for start in sorted(graph) if (c := cycle_from(start, start, [start])) is not None]
     assert cycles == [], " ; ".join(" -> ".join(c) for c in cycles)
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_of_the_program_is_over_60_lines() -> None:
+    """A function that needs more has more than one job (docs/architecture.md)."""
+    long = []
+    for path in [ROOT / "image_captioning_pytorch.py", *(p for top in ("utils", "models", "vocab")
+                                                          for p in sorted((ROOT / top).rglob("*.py")))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno is not None \
+                    and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                long.append(f"{path.relative_to(ROOT)}: {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from tests.checkpoint_files import (
     write_zip_checkpoint,
 )
 from utils.checkpoint.torch_format import read_state_dict
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 
 
 def _expected(prefix: str = "") -> dict[str, np.ndarray]:

@@ -25,14 +25,14 @@ from tests.checkpoint_files import (
     write_zip_checkpoint,
 )
 from tests.stand_in_models import NewFCParams, make_feature_model, reference_greedy
-from utils.captioner import Captioner, CaptionerOptions
 from utils.checkpoint.importer import import_checkpoint
 from utils.decoding.options import DecodingOptions
 from utils.decoding.weights import recover_weights
-from utils.errors import CaptionError
-from utils.model_files import VerifiedFile
+from utils.engine.captioner import Captioner, CaptionerOptions
+from utils.engine.model_files import VerifiedFile
+from utils.engine.runtime import RuntimeOptions
 from utils.quantization.decoder import first_word_difference, int8_decoder_model
-from utils.runtime import RuntimeOptions
+from utils.support.errors import CaptionError
 
 WORDS = fixture_words()
 FEATURES = 16

@@ -25,7 +25,7 @@ from tests.checkpoint_files import (
 from utils.checkpoint import unpickler
 from utils.checkpoint.infos import read_infos
 from utils.checkpoint.torch_format import read_state_dict
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 
 WORDS = fixture_words()
 

@@ -21,10 +21,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models import MIRROR_ENV, ModelSet, model_set
 from tests.https_server import Server, https_server
-from utils import download as download_module
-from utils.download import download
-from utils.errors import CaptionError
-from utils.model_files import check_file, decoder_vocab_size, load_file, load_model_set
+from utils.engine import download as download_module
+from utils.engine.download import download
+from utils.engine.model_files import check_file, decoder_vocab_size, load_file, load_model_set
+from utils.support.errors import CaptionError
 
 REPO = Path(__file__).resolve().parent.parent
 V = 10  # words in the test vocabulary; the test decoder scores V+1 indices
@@ -358,7 +358,7 @@ CHILD = """
 import logging, sys
 from pathlib import Path
 from models import model_set
-from utils.model_files import load_file
+from utils.engine.model_files import load_file
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 f = model_set("fc", with_prototxt=False).decoder[0]
 print("ready", flush=True)

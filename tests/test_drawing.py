@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.drawing import FONT, draw_caption, layout
+from utils.support.drawing import FONT, draw_caption, layout
 
 LONG = "a man riding a wave on top of a surfboard next to a very tall lighthouse at sunset"
 

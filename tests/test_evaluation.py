@@ -21,7 +21,6 @@ from pycocoevalcap.tokenizer import ptbtokenizer
 from pycocotools.coco import COCO
 
 from tests.conftest import ROOT, RunCli, cli_env
-from utils.errors import CaptionError
 from utils.evaluation.captions_files import Candidate, candidates_from_records, read_captions
 from utils.evaluation.evaluate import Evaluation, evaluate
 from utils.evaluation.files import MAX_CAPTION_CHARS, MAX_FILE_BYTES, READ_BUFFER_BYTES
@@ -30,6 +29,7 @@ from utils.evaluation.pycoco import tokenize
 from utils.evaluation.references import References, read_references
 from utils.evaluation.scoring import METRICS, Scores, score
 from utils.evaluation.summary import metrics_json, summary_text, write_metrics
+from utils.support.errors import CaptionError
 
 # (COCO id, file name, references, candidate): case, punctuation, quotes, brackets, non-ASCII, a line
 # break inside a reference, an empty candidate and one of punctuation only, as COCO's captions have them.
@@ -260,7 +260,7 @@ def test_a_meteor_that_dies_is_one_error_and_no_hang(tmp_path: Path) -> None:
     # (at the latest when the interpreter exits).
     bin_dir = fake_java(tmp_path / "bin", meteor_exit='echo "Error: no memory for METEOR" >&2; exit 3')
     script = """
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 from utils.evaluation.scoring import score
 try:
     score({"a.jpg": ("a cat", ["a cat on a mat"])})
@@ -288,7 +288,7 @@ def test_a_caption_too_long_to_score_is_refused_before_java_starts() -> None:
 
 def require(env: dict[str, str], prelude: str = "") -> subprocess.CompletedProcess[str]:
     script = f"""{prelude}
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 from utils.evaluation.pycoco import require_evaluation
 try:
     require_evaluation("--references")
@@ -767,7 +767,7 @@ def test_the_metrics_file_is_never_written_through_a_link(tmp_path: Path, table_
 
 def test_a_java_gone_after_the_check_is_one_error(tmp_path: Path) -> None:
     script = """
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 from utils.evaluation.pycoco import tokenize
 try:
     tokenize({"a": ["a cat"]})

@@ -39,7 +39,7 @@ from utils.checkpoint import pickle_bounds
 from utils.checkpoint.infos import MAX_VOCABULARY
 from utils.checkpoint.pickle_bounds import MAX_DEPTH, MAX_VALUES, BoundExceeded
 from utils.checkpoint.torch_format import MAX_PICKLE_BYTES, read_state_dict
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 
 # The program alone, its libraries loaded, peaks near 100 MB; a refusal may add little to that.
 PEAK_MB = 600

@@ -15,9 +15,9 @@ import pytest
 from tests.conftest import SAMPLE
 from tests.peak_rss import peak_rss_mb
 from tests.test_hostile import flags
-from utils.errors import CaptionError
 from utils.metadata import MetadataOptions, MetadataWriter
 from utils.metadata.exiftool import ExifTool, ExifToolStopped
+from utils.support.errors import CaptionError
 
 # What each fake does once started in -stay_open mode (it never reads its commands).
 ENDLESS_LINES = "exec yes 'Warning: again'"

@@ -30,10 +30,10 @@ from tests.checkpoint_files import FIXTURES
 from tests.conftest import SAMPLE, SCRIPT, cli_env
 from tests.stand_in_models import make_feature_model
 from tests.video_helpers import make_video
-from utils.errors import CaptionError
 from utils.metadata import require_exiftool
 from utils.metadata.files import TEMP_MARKER
 from utils.output.formats import format_time
+from utils.support.errors import CaptionError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the program start")
 

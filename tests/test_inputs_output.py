@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.errors import CaptionError
-from utils.inputs import expand_inputs
-from utils.steps.save import plan_outputs, save_image
+from utils.images.inputs import expand_inputs
+from utils.images.steps.save import plan_outputs, save_image
+from utils.support.errors import CaptionError
 
 
 def touch_images(folder: Path, *names: str) -> list[Path]:

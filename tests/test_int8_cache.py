@@ -17,15 +17,15 @@ import pytest
 from models import model_set
 from tests.conftest import ROOT
 from tests.stand_in_models import make_feature_model
-from utils.captioner import Captioner, CaptionerOptions
-from utils.errors import CaptionError
-from utils.model_files import VerifiedFile, load_file, sha256_bytes
-from utils.preprocess import preprocess, read_image
+from utils.engine.captioner import Captioner, CaptionerOptions
+from utils.engine.model_files import VerifiedFile, load_file, sha256_bytes
+from utils.engine.preprocess import preprocess, read_image
+from utils.engine.runtime import OnnxRuntimeNetwork, RuntimeOptions
 from utils.quantization import cache
 from utils.quantization.calibration import CALIBRATION_PHOTOS, SAMPLES_DIR
 from utils.quantization.features import int8_feature_model, int8_path
 from utils.quantization.methods import QDQ_U8S8_PER_TENSOR, QOP_U8S8_PER_CHANNEL, method_for_this_cpu
-from utils.runtime import OnnxRuntimeNetwork, RuntimeOptions
+from utils.support.errors import CaptionError
 
 FEATURE = model_set("fc_nsc", with_prototxt=False).feature[0]
 

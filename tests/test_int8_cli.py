@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.conftest import ROOT, SAMPLE, SCRIPT, RunCli, cli_env
 from tests.test_int8_cache import cached_paths, leftovers
 from tests.video_helpers import make_video
-from utils.model_files import sha256_bytes
+from utils.engine.model_files import sha256_bytes
 from utils.quantization.decoder import int8_decoder_path, int8_decoder_pays
 from utils.quantization.methods import cpu_flags
 
@@ -197,8 +197,8 @@ def hook(event, args):
         path = Path(args[0]).resolve()
         if path.parent == folder and not path.name.startswith(".") and path.suffix in (".onnx", ".json"):
             opened[path.name] += 1
-from utils.captioner import Captioner, CaptionerOptions
-from utils.runtime import RuntimeOptions
+from utils.engine.captioner import Captioner, CaptionerOptions
+from utils.engine.runtime import RuntimeOptions
 options = CaptionerOptions(model_dir=folder, offline=True, progress=False, precision="int8",
                            runtime=RuntimeOptions(backend="onnxruntime"))
 Captioner(options)  # makes the int8 file

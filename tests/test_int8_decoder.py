@@ -27,6 +27,7 @@ from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions
 from utils.decoding.step_model import OrtStepModel, image_graph, step_graph
 from utils.decoding.weights import DecoderWeights, recover_weights
+from utils.engine.runtime import OnnxRuntimeNetwork
 from utils.quantization.decoder import (
     BLOCK_SIZE,
     MAX_FIRST_WORD_DIFFERENCE,
@@ -41,7 +42,6 @@ from utils.quantization.decoder import (
     quantize_step_graph,
     run_every_layer,
 )
-from utils.runtime import OnnxRuntimeNetwork
 
 VOCAB = 40
 WIDTH = 64  # two 32-input blocks per weight row
@@ -360,9 +360,9 @@ def test_the_captioner_runs_beam_search_on_the_cached_int8_decoder(models: Path,
     search runs on it with the int8 step model (the replay check passes: no fall-back to the greedy graph).
     Forced on, so that a CPU without VNNI (where the program keeps the fp32 decoder) still tests the path."""
     import utils.quantization.models as int8_plan
-    from utils.captioner import Captioner, CaptionerOptions
-    from utils.preprocess import read_image
-    from utils.runtime import RuntimeOptions
+    from utils.engine.captioner import Captioner, CaptionerOptions
+    from utils.engine.preprocess import read_image
+    from utils.engine.runtime import RuntimeOptions
 
     monkeypatch.setattr(int8_plan, "int8_decoder_pays", lambda flags: True)
     options = CaptionerOptions(model_dir=models, offline=True, progress=False, precision="int8",

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, IptcImagePlugin
 
-from utils.errors import CaptionError
-from utils.inputs import expand_inputs
+from utils.images.inputs import expand_inputs
 from utils.metadata import MetadataOptions, MetadataResult, MetadataWriter, require_exiftool, sidecar_path
 from utils.metadata import exiftool as exiftool_module
 from utils.metadata.alt_text import IPTC_MAX_BYTES
 from utils.metadata.exiftool import ExifTool, ExifToolStopped, encode_arg, parse_version
 from utils.metadata.files import TEMP_MARKER, is_temp_name
+from utils.support.errors import CaptionError
 
 XMP_DESC, ALT, EXIF_DESC, IPTC_CAP = (
     "XMP-dc:Description", "XMP-iptcCore:AltTextAccessibility", "IFD0:ImageDescription", "IPTC:Caption-Abstract",

@@ -20,10 +20,10 @@ import pytest
 from tests.conftest import RunCli
 from tests.reference import imread
 from tests.test_metadata import XMP_DESC, read_json
-from utils.errors import CaptionError
 from utils.metadata import MetadataOptions, require_exiftool
 from utils.metadata.alt_text import described_photos
 from utils.metadata.exiftool import ExifTool
+from utils.support.errors import CaptionError
 
 RUN = ("--offline", "--onnx", "--beam-size", "1")
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "chelsea.png"

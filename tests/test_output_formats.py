@@ -19,10 +19,11 @@ import webvtt
 from tests.conftest import SAMPLE, SCRIPT, RunCli, cli_env
 from tests.test_video_cli import HEADLESS, model_flags
 from tests.video_helpers import make_video, read_frames
-from utils.captioner import CaptionResult
+from utils.engine.captioner import CaptionResult
+from utils.images.steps import registry
+from utils.images.steps.save import SavedImage
 from utils.output.formats import FORMATS, ResultWriter
-from utils.records import CaptionRecord, RunSummary, VideoPosition
-from utils.steps.save import SavedImage
+from utils.output.records import CaptionRecord, RunSummary, VideoPosition
 
 Cue = tuple[float, float, str]
 
@@ -66,7 +67,7 @@ def video_record(t: float, caption: str, confidence: float | None = -0.5) -> Cap
 
 def render(name: str, records: list[CaptionRecord], summary: RunSummary, inputs: int | None = None) -> str:
     out = io.StringIO()
-    writer: ResultWriter = FORMATS[name](out)
+    writer: ResultWriter = FORMATS[name](out, columns=registry.table_columns())  # as image mode gives them
     writer.begin(inputs)
     for r in records:
         writer.write(r)

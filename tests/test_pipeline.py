@@ -1,4 +1,4 @@
-"""The ordered, bounded pipeline (utils/pipeline.py), Captioner.caption_many, and image mode's --workers."""
+"""The ordered, bounded pipeline (utils/engine/pipeline.py), Captioner.caption_many, and image mode's --workers."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ import pytest
 
 from tests.conftest import ROOT, RunCli, cli_env
 from tests.reference import imread
-from utils.captioner import Captioner, CaptionerOptions, default_workers
 from utils.decoding.options import DecodingOptions
-from utils.errors import CaptionError
-from utils.pipeline import ordered_map
-from utils.preprocess import read_image
-from utils.runtime import RuntimeOptions
-from utils.stopping import StopRequest
+from utils.engine.captioner import Captioner, CaptionerOptions, CaptionItem, default_workers
+from utils.engine.pipeline import ordered_map
+from utils.engine.preprocess import read_image
+from utils.engine.runtime import RuntimeOptions
+from utils.support.errors import CaptionError
+from utils.support.stopping import StopRequest
 
 
 def _pipeline_threads() -> list[str]:
@@ -218,8 +218,8 @@ def test_caption_many_gives_what_caption_gives_in_order(two_workers: Captioner, 
 def test_caption_many_takes_each_items_own_options(two_workers: Captioner, photos: list[Path]) -> None:
     """A service's requests: each with its decoding options, results handed back as they finish."""
     asked = [(path, DecodingOptions(beam_size=1 + i % 3, max_length=2 + i)) for i, path in enumerate(photos * 2)]
-    results = {(str(d.source[0]), d.source[1]): d.result for d in two_workers.caption_many(
-        asked, read=lambda item: read_image(item[0]), options_of=lambda item: item[1], ordered=False)}
+    items = [CaptionItem((path, options), lambda item: read_image(item[0]), options) for path, options in asked]
+    results = {(str(d.source[0]), d.source[1]): d.result for d in two_workers.caption_many(items, ordered=False)}
     assert len(results) == len(asked)
     for path, options in asked:
         result = results[(str(path), options)]
@@ -235,7 +235,7 @@ def test_caption_many_reads_paths_and_reports_each_failure_in_place(two_workers:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     paths = [photos[0], broken, photos[1], tmp_path / "missing.png", photos[2]]
-    many = list(two_workers.caption_many(paths, read=read_image, keep_images=True))
+    many = list(two_workers.caption_many(CaptionItem(path, read_image, keep_image=True) for path in paths))
     assert [m.source for m in many] == paths
     assert [m.error is not None for m in many] == [False, True, False, True, False]
     assert "broken.jpg is not an image" in str(many[1].error) and "missing.png" in str(many[3].error)
@@ -244,6 +244,23 @@ def test_caption_many_reads_paths_and_reports_each_failure_in_place(two_workers:
         assert np.array_equal(m.image, imread(m.source))
         assert m.result.caption == two_workers.caption(m.image).caption
         assert set(m.result.timings) == {"read", "preprocess", "features", "decode"}
+
+
+def test_caption_many_takes_bare_items_and_caption_items_together(two_workers: Captioner,
+                                                                  photos: list[Path]) -> None:
+    """A bare item is CaptionItem(item): the call's options, read as a path or an array, no image back."""
+    short, beam = DecodingOptions(max_length=2), DecodingOptions(beam_size=3)
+    array = read_image(photos[1])
+    items: list[Path | np.ndarray | CaptionItem[Path | np.ndarray]] = [
+        photos[0], CaptionItem(photos[0], keep_image=True), CaptionItem(array, options=beam), array]
+    many = list(two_workers.caption_many(iter(items), short))
+    assert [m.source for m in many[:2]] == [photos[0]] * 2 and many[2].source is array and many[3].source is array
+    assert [m.image is not None for m in many] == [False, True, False, False]
+    expected = [two_workers.caption(read_image(photos[0]), short), two_workers.caption(read_image(photos[0]), short),
+                two_workers.caption(array, beam), two_workers.caption(array, short)]
+    assert [m.result.caption if m.result else None for m in many] == [r.caption for r in expected]
+    assert many[0].result is not None and "read" in many[0].result.timings
+    assert many[2].result is not None and "read" not in many[2].result.timings
 
 
 def test_caption_many_refuses_what_is_not_an_image(two_workers: Captioner) -> None:
@@ -327,11 +344,11 @@ def hook(event, args):
     if event == "open" and str(args[0]).startswith(str(folder)):
         opened.add(str(args[0]))
 sys.addaudithook(hook)
-from utils.captioner import CaptionerOptions
-from utils.image_job import ImageJob
-from utils.images import run_images
-from utils.runtime import RuntimeOptions
-from utils.stopping import StopRequest
+from utils.engine.captioner import CaptionerOptions
+from utils.images.job import ImageJob
+from utils.images.run import run_images
+from utils.engine.runtime import RuntimeOptions
+from utils.support.stopping import StopRequest
 
 class Head(io.StringIO):
     # A reader that leaves after five lines, as `| head -5` does: image mode then stops.

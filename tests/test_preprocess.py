@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.reference import demo_preprocess, demo_read_rgb
-from utils.errors import CaptionError
-from utils.preprocess import as_bgr, preprocess, read_image
+from utils.engine.preprocess import as_bgr, preprocess, read_image
+from utils.support.errors import CaptionError
 
 
 @pytest.mark.parametrize("shape", [(480, 640), (3, 3), (300, 200), (479, 639), (1000, 1500), (4000, 6000)])

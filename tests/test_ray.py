@@ -28,10 +28,11 @@ import pytest
 from tests.conftest import ROOT, SAMPLE, SCRIPT, RunCli, cli_env
 from tests.reference import imread
 from tests.stand_in_models import NewFCParams
-from utils.batch import BatchCaptioner
-from utils.captioner import CaptionerOptions
-from utils.ray_images import INSTALL, RayJob, local_runtime, run_ray
-from utils.runtime import RuntimeOptions
+from utils.engine.captioner import CaptionerOptions
+from utils.engine.runtime import RuntimeOptions
+from utils.ray_data.batch import BatchCaptioner
+from utils.ray_data.job import RayJob
+from utils.ray_data.run import INSTALL, local_runtime, run_ray
 
 PHOTOS = 40
 Captions = dict[str, tuple[str, float]]
@@ -131,7 +132,29 @@ def test_ray_cli_captions_equal_the_plain_cli(run_cli: RunCli, shared_models: Pa
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["input"] for r in records] == [str(p) for p in photos40]  # input order
     _assert_same([(r["input"], r["caption"], r["confidence"]) for r in records], plain40)
+    # Image mode's record shape (docs/output.md#json-output); the actors send back no timings.
+    assert all(list(r) == ["input", "caption", "model", "backend", "confidence", "indices", "timings"]
+               and r["model"] == "fc_nsc" and r["backend"] == "onnxruntime" and r["indices"] and r["timings"] == {}
+               for r in records)
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
+
+
+def test_ray_writes_the_tables_image_mode_writes(run_cli: RunCli, shared_models: Path, photos40: list[Path],
+                                                 tmp_path: Path) -> None:
+    inputs = [photos40[0], tmp_path / "gone.png", photos40[1]]
+    flags = ("--model-dir", shared_models, "--offline", "--onnx")
+    for ext in ("csv", "parquet"):
+        proc = run_cli("-i", *inputs, "--captions-file", tmp_path / f"plain.{ext}", *flags)
+        assert proc.returncode == 1, proc.stderr
+        proc = run_cli("-i", *inputs, "--ray", "--captions-file", tmp_path / f"ray.{ext}", *flags, timeout=300)
+        assert proc.returncode == 1 and f"{tmp_path / 'gone.png'} does not exist" in proc.stderr, proc.stderr
+    plain, ray = ((tmp_path / f"{kind}.csv").read_bytes().split(b"\n") for kind in ("plain", "ray"))
+    assert plain[0] == ray[0] == b"input,caption,confidence,output,metadata,error"
+    assert sorted(plain[1:]) == sorted(ray[1:])  # --ray writes the inputs it cannot list first
+    assert pq.read_schema(tmp_path / "plain.parquet") == pq.read_schema(tmp_path / "ray.parquet")
+    by_input = [sorted(pq.read_table(tmp_path / f"{kind}.parquet").to_pylist(), key=lambda r: r["input"])
+                for kind in ("plain", "ray")]
+    assert by_input[0] == by_input[1] and len(by_input[0]) == 3
 
 
 def _descendants_named(root: int, prefix: str) -> list[int]:
@@ -330,7 +353,7 @@ def test_an_interrupted_run_leaves_no_temporary_folder(shared_models: Path, phot
 # What a probe prints: the addresses the local runtime of --ray reports, and those its processes listen on.
 LOOPBACK_PROBE = r"""
 import json, os, re, ray
-from utils.ray_images import _ray_runtime
+from utils.ray_data.run import _ray_runtime
 
 def listening(pids):
     inodes = set()
@@ -455,7 +478,7 @@ def test_batch_captioner_keeps_the_errors_a_batch_brings(models: Path, photos40:
 
 
 def test_batch_captioner_names_a_batch_without_its_columns(models: Path) -> None:
-    from utils.errors import CaptionError
+    from utils.support.errors import CaptionError
 
     captioner = BatchCaptioner(_options(models))
     with pytest.raises(CaptionError, match="no 'path' column"):
@@ -515,11 +538,11 @@ def test_a_file_that_cannot_be_read_is_its_rows_error(ray_runtime: object, share
                                                       photos40: list[Path], plain40: Captions, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # Listed, then gone before Ray reads it: Ray's read task failed the whole run ("the Ray run failed").
-    import utils.ray_images
+    import utils.ray_data.run
 
     gone = tmp_path / "gone.png"
     shutil.copy(photos40[2], gone)
-    listed = utils.ray_images.expand_inputs
+    listed = utils.ray_data.run.expand_inputs
 
     def listed_then_removed(specs: list[str]) -> list[object]:
         items = listed(specs)
@@ -527,7 +550,7 @@ def test_a_file_that_cannot_be_read_is_its_rows_error(ray_runtime: object, share
             gone.unlink()
         return items  # type: ignore[return-value]
 
-    monkeypatch.setattr(utils.ray_images, "expand_inputs", listed_then_removed)
+    monkeypatch.setattr(utils.ray_data.run, "expand_inputs", listed_then_removed)
     out = tmp_path / "captions.jsonl"
     inputs = [str(photos40[0]), str(gone), str(photos40[1])]
     status = run_ray(RayJob(inputs=inputs, address=None, captions_file=out, actors=2), _options(shared_models))

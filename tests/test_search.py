@@ -28,7 +28,7 @@ from utils.decoding.options import DecodingOptions, LengthPenalty, SampleMethod
 from utils.decoding.search import SearchContext, search
 from utils.decoding.step_model import OrtStepModel
 from utils.decoding.weights import recover_weights
-from utils.runtime import OnnxRuntimeNetwork
+from utils.engine.runtime import OnnxRuntimeNetwork
 
 BAD = {"a", "an", "the", "in", "for", "at", "of", "with", "before", "after", "on", "upon", "near", "to", "is", "are",
        "am"}

@@ -387,11 +387,11 @@ def free_port() -> int:
 LOADING = """
 import sys, time
 from pathlib import Path
-from utils.captioner import Captioner, CaptionerOptions
-from utils.runtime import RuntimeOptions
-from utils.service.options import Address, ServiceOptions
-from utils.service.server import serve
-from utils.stopping import Interrupts, program_work
+from utils.engine.captioner import Captioner, CaptionerOptions
+from utils.engine.runtime import RuntimeOptions
+from utils.service.job import Address, ServiceOptions
+from utils.service.run import serve
+from utils.support.stopping import Interrupts, program_work
 
 def load(options):
     while not Path(sys.argv[3]).exists():  # the test says when the load may finish

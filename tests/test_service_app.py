@@ -17,15 +17,15 @@ import uvicorn
 from tests.conftest import SAMPLE, copy_models
 from tests.reference import imread
 from tests.service_helpers import multipart
-from utils.captioner import Captioner, CaptionerOptions
 from utils.decoding.options import DecodingOptions
-from utils.runtime import RuntimeOptions
+from utils.engine.captioner import Captioner, CaptionerOptions
+from utils.engine.runtime import RuntimeOptions
 from utils.service import json_body, ollama
 from utils.service.app import ServiceState
 from utils.service.caption_queue import CaptionQueue
+from utils.service.job import Address, ServiceOptions
 from utils.service.json_body import LongString
-from utils.service.options import Address, ServiceOptions
-from utils.service.server import listen, uvicorn_config
+from utils.service.run import listen, uvicorn_config
 from utils.service.uploads import RequestError
 
 

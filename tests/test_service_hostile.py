@@ -22,9 +22,9 @@ import pytest
 
 from tests.conftest import SAMPLE, cli_env
 from tests.service_helpers import Answer, Service, post_photo, request, serving, start_service, stop_all
-from utils.captioner import Captioner, CaptionerOptions, CaptionResult
 from utils.decoding.options import DecodingOptions
-from utils.runtime import RuntimeOptions
+from utils.engine.captioner import Captioner, CaptionerOptions, CaptionResult
+from utils.engine.runtime import RuntimeOptions
 from utils.service.caption_queue import CaptionQueue
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

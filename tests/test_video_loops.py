@@ -19,12 +19,12 @@ import utils.video.run as video_run
 import utils.video.source as video_source
 from tests.stand_in_models import NewFCParams
 from tests.video_helpers import make_video, read_frames, scene, video_info
-from utils.captioner import Captioner, CaptionerOptions, CaptionResult
 from utils.decoding.options import DecodingOptions
-from utils.drawing import draw_caption
+from utils.engine.captioner import Captioner, CaptionerOptions, CaptionResult
+from utils.engine.runtime import RuntimeOptions
 from utils.output.formats import format_time
-from utils.runtime import RuntimeOptions
-from utils.stopping import stop_requests
+from utils.support.drawing import draw_caption
+from utils.support.stopping import stop_requests
 from utils.video.job import VideoJob
 from utils.video.live import CaptionEvent
 from utils.video.loops import process_video

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from utils.decoding.graph import greedy_result, split_decoder_outputs
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 from vocab import Vocabulary, load_vocabulary, parse_vocabulary, strip_bad_endings
 
 VOCAB = Vocabulary(("a", "cat", "on", "the", "table", "sit@@", "ting", "UNK"))

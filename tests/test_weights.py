@@ -23,7 +23,7 @@ from utils.decoding.decoder import CaptionDecoder
 from utils.decoding.graph import GreedyGraphDecoder
 from utils.decoding.options import DecodingOptions
 from utils.decoding.weights import RecoveryError, recover_weights
-from utils.runtime import OnnxRuntimeNetwork
+from utils.engine.runtime import OnnxRuntimeNetwork
 
 PAIRS = [("embed", "embed"), ("fc_w", "fc_embed_w"), ("fc_b", "fc_embed_b"), ("i2h_w", "i2h_w"), ("i2h_b", "i2h_b"),
          ("h2h_w", "h2h_w"), ("h2h_b", "h2h_b"), ("logit_w", "logit_w"), ("logit_b", "logit_b")]

@@ -14,36 +14,37 @@ __version__ = "0.26.0"
 
 # Each public name and the module that defines it.
 _PUBLIC = {
-    "Captioner": "utils.captioner",
-    "Captioned": "utils.captioner",
-    "CaptionerOptions": "utils.caption_types",
-    "CaptionResult": "utils.caption_types",
-    "RankedCaption": "utils.caption_types",
-    "default_workers": "utils.caption_types",
+    "Captioner": "utils.engine.captioner",
+    "Captioned": "utils.engine.captioner",
+    "CaptionItem": "utils.engine.captioner",
+    "CaptionerOptions": "utils.engine.caption_types",
+    "CaptionResult": "utils.engine.caption_types",
+    "RankedCaption": "utils.engine.caption_types",
+    "default_workers": "utils.engine.caption_types",
     "DecodingOptions": "utils.decoding.options",
-    "RuntimeOptions": "utils.runtime",
-    "BatchCaptioner": "utils.batch",
-    "CaptionError": "utils.errors",
-    "OptionConflict": "utils.compatibility",
-    "StopRequest": "utils.stopping",
-    "read_image": "utils.preprocess",
+    "RuntimeOptions": "utils.engine.runtime",
+    "BatchCaptioner": "utils.ray_data.batch",
+    "CaptionError": "utils.support.errors",
+    "OptionConflict": "utils.engine.compatibility",
+    "StopRequest": "utils.support.stopping",
+    "read_image": "utils.engine.preprocess",
 }
 __all__ = [  # the names of _PUBLIC (tests/test_architecture.py checks that the two agree)
-    "__version__", "BatchCaptioner", "CaptionError", "CaptionResult", "Captioned", "Captioner", "CaptionerOptions",
-    "DecodingOptions", "OptionConflict", "RankedCaption", "RuntimeOptions", "StopRequest", "default_workers",
-    "read_image",
+    "__version__", "BatchCaptioner", "CaptionError", "CaptionItem", "CaptionResult", "Captioned", "Captioner",
+    "CaptionerOptions", "DecodingOptions", "OptionConflict", "RankedCaption", "RuntimeOptions", "StopRequest",
+    "default_workers", "read_image",
 ]
 
 if TYPE_CHECKING:
-    from utils.batch import BatchCaptioner
-    from utils.caption_types import CaptionerOptions, CaptionResult, RankedCaption, default_workers
-    from utils.captioner import Captioned, Captioner
-    from utils.compatibility import OptionConflict
     from utils.decoding.options import DecodingOptions
-    from utils.errors import CaptionError
-    from utils.preprocess import read_image
-    from utils.runtime import RuntimeOptions
-    from utils.stopping import StopRequest
+    from utils.engine.caption_types import CaptionerOptions, CaptionResult, RankedCaption, default_workers
+    from utils.engine.captioner import Captioned, Captioner, CaptionItem
+    from utils.engine.compatibility import OptionConflict
+    from utils.engine.preprocess import read_image
+    from utils.engine.runtime import RuntimeOptions
+    from utils.ray_data.batch import BatchCaptioner
+    from utils.support.errors import CaptionError
+    from utils.support.stopping import StopRequest
 
 
 def __getattr__(name: str) -> Any:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 
 # Words upstream strips from the end of a caption when bad endings are removed, in its order.
 BAD_ENDINGS = ("with", "in", "on", "of", "a", "at", "to", "for", "an", "this", "his", "her", "that", "the")

@@ -23,10 +23,10 @@ from utils.checkpoint.infos import read_infos
 from utils.checkpoint.newfc import MappedWeights, Sizes, architecture, check_shapes, map_weights
 from utils.checkpoint.torch_format import read_state_dict
 from utils.decoding.weights import RecoveryError, recover_weights
-from utils.errors import CaptionError
+from utils.engine.model_files import checksum_record, sha256_bytes
 from utils.files.atomic import sync_folder, write_atomic
 from utils.files.lock import folder_lock
-from utils.model_files import checksum_record, sha256_bytes
+from utils.support.errors import CaptionError
 from vocab import vocabulary_from_bytes
 
 logger = logging.getLogger(__name__)

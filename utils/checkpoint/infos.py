@@ -11,7 +11,7 @@ from typing import Any
 from utils.checkpoint import unpickler
 from utils.checkpoint.torch_format import LEGACY_MAGIC, MAX_PICKLE_BYTES, ZIP_MAGIC
 from utils.checkpoint.unpickler import shown
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 from vocab import parse_vocabulary
 
 logger = logging.getLogger(__name__)

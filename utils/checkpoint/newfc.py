@@ -17,11 +17,11 @@ from typing import TypeVar
 
 import numpy as np
 
-from utils.arrays import F32
 from utils.checkpoint.infos import Infos
 from utils.checkpoint.unpickler import shown, shown_name
 from utils.decoding.weights import PARAMETER_NAMES
-from utils.errors import CaptionError
+from utils.engine.arrays import F32
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 

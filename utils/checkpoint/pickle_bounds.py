@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pickletools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # The bounds are far above what the files hold, and low enough that walking up to one takes a second or
 # two (measured: 1 s for 4 million values, 2.5 s for 8 million opcodes, on 2 slow cores) and that the
@@ -69,8 +69,9 @@ _WIDTH = {op.name: 0 if op.arg is None else _LENGTH_BYTES.get(op.arg.n, max(op.a
           for op in pickletools.opcodes}
 
 # Per opcode: its kind and its argument's width. The walk runs once per opcode of files with millions of
-# them, so it tests the frequent kinds first and looks each opcode up once.
-_TEXT, _PUT, _GET, _SCALAR, _MARK, _FILL, _POP, _LINE, _OTHER = range(9)
+# them, so the kinds that make up nearly all of a file's opcodes are handled in its loop, tested most
+# frequent first; every other opcode (_OTHER) costs a call, through _HANDLERS.
+_TEXT, _PUT, _GET, _SCALAR, _MARK, _OTHER = range(6)
 _KINDS = {
     _TEXT: ("SHORT_BINSTRING", "SHORT_BINBYTES", "SHORT_BINUNICODE", "LONG1", "BINSTRING", "BINUNICODE",
             "BINBYTES", "LONG4", "BINUNICODE8", "BINBYTES8", "BYTEARRAY8"),
@@ -78,34 +79,14 @@ _KINDS = {
     _GET: ("BINGET", "LONG_BINGET"),
     _SCALAR: ("BININT1", "BININT2", "BININT", "BINFLOAT", "NONE", "NEWTRUE", "NEWFALSE", "EMPTY_TUPLE"),
     _MARK: ("MARK",),
-    _FILL: ("APPENDS", "SETITEMS", "ADDITEMS"),  # the items after the mark go into the value below it
-    _POP: ("POP",),
-    # A value as a text line (INT, FLOAT, LONG, STRING, UNICODE); a memo index as a decimal line (GET, PUT)
-    _LINE: ("INT", "FLOAT", "LONG", "STRING", "UNICODE", "GET", "PUT"),
 }
 _TABLE = {_CODE[name]: (kind, _WIDTH[name]) for kind, names in _KINDS.items() for name in names}
 _NAMES = {code: name for name, code in _CODE.items()}
 _OPCODES = tuple(_TABLE.get(code, (_OTHER, _WIDTH.get(_NAMES.get(code, ""), 0))) for code in range(256))
-# The opcodes the walk tells apart beyond their kind, and the groups it handles alike.
-_SETITEMS, _GET_LINE, _PUT_LINE, _INST, _DICT, _OBJ, _POP_MARK, _SETITEM, _STACK_GLOBAL, _BINPERSID, _PERSID, \
-    _DUP, _STOP, _GLOBAL = (_CODE[name] for name in ("SETITEMS", "GET", "PUT", "INST", "DICT", "OBJ", "POP_MARK",
-                                                      "SETITEM", "STACK_GLOBAL", "BINPERSID", "PERSID", "DUP",
-                                                      "STOP", "GLOBAL"))
-_NEWOBJ_EX, _TUPLE1 = _CODE["NEWOBJ_EX"], _CODE["TUPLE1"]
-
-
-def _codes(*names: str) -> frozenset[int]:
-    return frozenset(_CODE[name] for name in names)
-
-
-_FROM_MARK = _codes("TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST", "POP_MARK")  # the items after the mark
-_IMMUTABLE_FROM_MARK = _codes("TUPLE", "FROZENSET")
-_INTO_TOP = _codes("APPEND", "SETITEM", "BUILD")  # BUILD: an object's state
-_SMALL_TUPLES = _codes("TUPLE1", "TUPLE2", "TUPLE3")
-_EMPTY = _codes("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET")
-_CALLS = _codes("REDUCE", "NEWOBJ", "NEWOBJ_EX")  # a callable or class and its arguments
-_EXTENSIONS = _codes("EXT1", "EXT2", "EXT4")  # a global through copyreg's registry
-_FRAMING = _codes("PROTO", "FRAME")  # FRAME: a length, the frame's opcodes follow inline
+# The opcodes a handler tells apart from the others it handles.
+_SETITEMS, _GET_LINE, _INST, _DICT, _OBJ, _SETITEM, _NEWOBJ_EX, _TUPLE1, _STOP = (
+    _CODE[name] for name in ("SETITEMS", "GET", "INST", "DICT", "OBJ", "SETITEM", "NEWOBJ_EX", "TUPLE1", "STOP"))
+_IMMUTABLE_FROM_MARK = frozenset((_CODE["TUPLE"], _CODE["FROZENSET"]))
 # Little-endian unsigned readers by width; lengths of 2^31 and more are far past every bound anyway.
 _READERS = {2: struct.Struct("<H").unpack_from, 4: struct.Struct("<I").unpack_from, 8: struct.Struct("<Q").unpack_from}
 
@@ -156,6 +137,42 @@ def _line_end(data: bytes, at: int) -> int:
     return newline + 1
 
 
+class _Walker:
+    """The simulated stack, marks and memo of one walk."""
+
+    __slots__ = ("data", "stack", "marks", "memo", "scalar")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.stack: list[_Value] = []
+        # The stack's length at each open mark, above a floor of 0 for none, so that the last is always the
+        # fence: nothing below it may be popped.
+        self.marks = [0]
+        self.memo: list[_Value] = []  # entries numbered in order, as every pickler writes them (checked)
+        self.scalar = _Value(1, 1, 0, _FIXED)  # numbers, None, booleans, (): all alike, and immutable
+
+    def pop(self, n: int) -> list[_Value]:
+        stack = self.stack
+        if len(stack) - n < self.marks[-1]:
+            raise ValueError("the stack runs out")
+        items = stack[len(stack) - n:]
+        del stack[len(stack) - n:]
+        return items
+
+    def top(self) -> _Value:
+        if len(self.stack) <= self.marks[-1]:
+            raise ValueError("the stack runs out")
+        return self.stack[-1]
+
+    def pop_mark(self) -> list[_Value]:
+        if len(self.marks) == 1:
+            raise ValueError("a mark is missing")
+        fence = self.marks.pop()
+        items = self.stack[fence:]
+        del self.stack[fence:]
+        return items
+
+
 def walk(data: bytes, start: int) -> int:
     """Walk the pickle at ``data[start:]`` without building it; return the offset just past its STOP.
 
@@ -167,37 +184,12 @@ def walk(data: bytes, start: int) -> int:
 
 
 def _walk(data: bytes, start: int) -> int:
-    stack: list[_Value] = []
-    marks: list[int] = []
-    fence = 0  # the innermost mark: nothing below it may be popped
-    memo: list[_Value] = []  # entries numbered in order, as every pickler writes them (checked)
-    scalar = _Value(1, 1, 0, _FIXED)  # numbers, None, booleans, (): all alike, and immutable
-    texts: dict[int, _Value] = {}  # text values by length, shared for the same reason
+    walker = _Walker(data)
+    stack, marks, memo, scalar = walker.stack, walker.marks, walker.memo, walker.scalar
+    texts: dict[int, _Value] = {}  # text values by length: alike, and immutable
+    fence = 0  # marks[-1], in a local for the frequent opcodes
     pos, count = start, 0
-    opcodes, readers = _OPCODES, _READERS
-
-    def pop(n: int) -> list[_Value]:
-        if len(stack) - n < fence:
-            raise ValueError("the stack runs out")
-        items = stack[len(stack) - n:]
-        del stack[len(stack) - n:]
-        return items
-
-    def top() -> _Value:
-        if len(stack) <= fence:
-            raise ValueError("the stack runs out")
-        return stack[-1]
-
-    def pop_mark() -> list[_Value]:
-        nonlocal fence
-        if not marks:
-            raise ValueError("a mark is missing")
-        items = stack[fence:]
-        del stack[fence:]
-        marks.pop()
-        fence = marks[-1] if marks else 0
-        return items
-
+    opcodes, readers, handlers = _OPCODES, _READERS, _HANDLERS
     while True:
         op = data[pos]
         pos += 1
@@ -236,81 +228,178 @@ def _walk(data: bytes, start: int) -> int:
             pos += width
             stack.append(scalar)
         elif kind == _MARK:
-            if len(marks) >= MAX_DEPTH:
+            if len(marks) > MAX_DEPTH:
                 raise BoundExceeded(f"values nested more than {MAX_DEPTH} deep")
             fence = len(stack)
             marks.append(fence)
-        elif kind == _FILL:  # APPENDS, SETITEMS, ADDITEMS: the items after the mark go into the value below it
-            items = pop_mark()
-            if op == _SETITEMS and len(items) % 2:
-                raise ValueError("a dict item without its value")
-            _change(top(), items)
-        elif kind == _POP:  # the top value, or the mark just above it
-            if marks and fence == len(stack):
-                marks.pop()
-                fence = marks[-1] if marks else 0
-            else:
-                pop(1)
-        elif kind == _LINE:
-            after = _line_end(data, pos)
-            if op not in (_GET_LINE, _PUT_LINE):
-                stack.append(_Value(1, 1, after - pos, _FIXED))
-            else:
-                try:
-                    index = int(data[pos:after - 1])
-                except ValueError:
-                    raise ValueError("a memo index that is not a number") from None
-                if op == _GET_LINE:
-                    if not 0 <= index < len(memo):
-                        raise ValueError(f"memo index {index} was never set")
-                    stack.append(memo[index])
-                elif 0 <= index < len(memo):
-                    memo[index] = top()
-                elif index == len(memo):
-                    memo.append(top())
-                else:
-                    raise ValueError(f"memo index {index} skips ahead of the {len(memo)} entries so far")
-            pos = after
-        elif op in _FROM_MARK:
-            if op == _INST:  # module and name lines first
-                pos = _line_end(data, _line_end(data, pos))
-            items = pop_mark()
-            if op == _DICT and len(items) % 2:
-                raise ValueError("a dict item without its value")
-            if op == _OBJ and not items:
-                raise ValueError("OBJ without a class")
-            if op != _POP_MARK:
-                stack.append(_new(items, _FIXED if op in _IMMUTABLE_FROM_MARK else _OPEN))
-        elif op in _INTO_TOP:
-            items = pop(2 if op == _SETITEM else 1)
-            _change(top(), items)
-        elif op in _SMALL_TUPLES:  # of 1, 2 or 3 items, in opcode order
-            stack.append(_new(pop(op - _TUPLE1 + 1), _FIXED))
-        elif op in _EMPTY:
-            stack.append(_Value(1, 1, 0, _OPEN))
-        elif op in _CALLS:
-            stack.append(_new(pop(3 if op == _NEWOBJ_EX else 2), _OPEN))
-        elif op == _GLOBAL:  # module and name lines
-            pos = _line_end(data, _line_end(data, pos))
-            stack.append(_Value(1, 1, 0, _GLOBAL))
-        elif op == _STACK_GLOBAL:  # module and name from the stack
-            pop(2)
-            stack.append(_Value(1, 1, 0, _GLOBAL))
-        elif op in _EXTENSIONS:
-            pos += width
-            stack.append(_Value(1, 1, 0, _GLOBAL))
-        elif op == _BINPERSID:  # the reader's persistent_load turns the id into a storage
-            stack.append(_new(pop(1), _FIXED))
-        elif op == _PERSID:  # the id as a line
-            pos = _line_end(data, pos)
-            stack.append(scalar)
-        elif op == _DUP:
-            stack.append(top())
-        elif op in _FRAMING:
-            pos += width
         elif op == _STOP:
-            top()  # what the unpickler returns
+            walker.top()  # what the unpickler returns
             return pos
-        else:  # NEXT_BUFFER, READONLY_BUFFER (out-of-band data, never in a file) and unknown opcodes
-            name = _NAMES.get(op)
-            raise ValueError(f"opcode {name or f'0x{op:02x}'} is not one a checkpoint file holds")
+        else:
+            pos = handlers[op](walker, op, pos, width)
+            fence = marks[-1]
+
+
+# The handlers of the other opcodes: each takes the walker, the opcode, the offset of its argument and the
+# argument's width, and returns the offset of the next opcode.
+_Handler = Callable[[_Walker, int, int, int], int]
+
+
+def _fill(walker: _Walker, op: int, pos: int, _width: int) -> int:
+    """APPENDS, SETITEMS, ADDITEMS: the items after the mark go into the value below it."""
+    items = walker.pop_mark()
+    if op == _SETITEMS and len(items) % 2:
+        raise ValueError("a dict item without its value")
+    _change(walker.top(), items)
+    return pos
+
+
+def _pop(walker: _Walker, _op: int, pos: int, _width: int) -> int:
+    """POP: the top value, or the mark just above it."""
+    if len(walker.marks) > 1 and walker.marks[-1] == len(walker.stack):
+        walker.marks.pop()
+    else:
+        walker.pop(1)
+    return pos
+
+
+def _value_line(walker: _Walker, _op: int, pos: int, _width: int) -> int:
+    """INT, FLOAT, LONG, STRING, UNICODE: a value as a text line."""
+    after = _line_end(walker.data, pos)
+    walker.stack.append(_Value(1, 1, after - pos, _FIXED))
+    return after
+
+
+def _memo_line(walker: _Walker, op: int, pos: int, _width: int) -> int:
+    """GET, PUT: a memo index as a decimal line."""
+    after = _line_end(walker.data, pos)
+    try:
+        index = int(walker.data[pos:after - 1])
+    except ValueError:
+        raise ValueError("a memo index that is not a number") from None
+    memo = walker.memo
+    if op == _GET_LINE:
+        if not 0 <= index < len(memo):
+            raise ValueError(f"memo index {index} was never set")
+        walker.stack.append(memo[index])
+    elif 0 <= index < len(memo):
+        memo[index] = walker.top()
+    elif index == len(memo):
+        memo.append(walker.top())
+    else:
+        raise ValueError(f"memo index {index} skips ahead of the {len(memo)} entries so far")
+    return after
+
+
+def _from_mark(walker: _Walker, op: int, pos: int, _width: int) -> int:
+    """TUPLE, LIST, DICT, FROZENSET, OBJ, INST: a value of the items after the mark."""
+    if op == _INST:  # module and name lines first
+        pos = _line_end(walker.data, _line_end(walker.data, pos))
+    items = walker.pop_mark()
+    if op == _DICT and len(items) % 2:
+        raise ValueError("a dict item without its value")
+    if op == _OBJ and not items:
+        raise ValueError("OBJ without a class")
+    walker.stack.append(_new(items, _FIXED if op in _IMMUTABLE_FROM_MARK else _OPEN))
+    return pos
+
+
+def _pop_mark(walker: _Walker, _op: int, pos: int, _width: int) -> int:
+    walker.pop_mark()
+    return pos
+
+
+def _into_top(walker: _Walker, op: int, pos: int, _width: int) -> int:
+    """APPEND, SETITEM, BUILD (an object's state): into the value below."""
+    items = walker.pop(2 if op == _SETITEM else 1)
+    _change(walker.top(), items)
+    return pos
+
+
+def _small_tuple(walker: _Walker, op: int, pos: int, _width: int) -> int:
+    """TUPLE1, TUPLE2, TUPLE3: of 1, 2 or 3 items, in opcode order."""
+    walker.stack.append(_new(walker.pop(op - _TUPLE1 + 1), _FIXED))
+    return pos
+
+
+def _empty(walker: _Walker, _op: int, pos: int, _width: int) -> int:
+    walker.stack.append(_Value(1, 1, 0, _OPEN))
+    return pos
+
+
+def _call(walker: _Walker, op: int, pos: int, _width: int) -> int:
+    """REDUCE, NEWOBJ, NEWOBJ_EX: a callable or class and its arguments."""
+    walker.stack.append(_new(walker.pop(3 if op == _NEWOBJ_EX else 2), _OPEN))
+    return pos
+
+
+def _global_lines(walker: _Walker, _op: int, pos: int, _width: int) -> int:
+    """GLOBAL: module and name lines."""
+    pos = _line_end(walker.data, _line_end(walker.data, pos))
+    walker.stack.append(_Value(1, 1, 0, _GLOBAL))
+    return pos
+
+
+def _stack_global(walker: _Walker, _op: int, pos: int, _width: int) -> int:
+    """STACK_GLOBAL: module and name from the stack."""
+    walker.pop(2)
+    walker.stack.append(_Value(1, 1, 0, _GLOBAL))
+    return pos
+
+
+def _extension(walker: _Walker, _op: int, pos: int, width: int) -> int:
+    """EXT1, EXT2, EXT4: a global through copyreg's registry."""
+    walker.stack.append(_Value(1, 1, 0, _GLOBAL))
+    return pos + width
+
+
+def _persistent(walker: _Walker, _op: int, pos: int, _width: int) -> int:
+    """BINPERSID: the reader's persistent_load turns the id into a storage."""
+    walker.stack.append(_new(walker.pop(1), _FIXED))
+    return pos
+
+
+def _persistent_line(walker: _Walker, _op: int, pos: int, _width: int) -> int:
+    """PERSID: the id as a line."""
+    pos = _line_end(walker.data, pos)
+    walker.stack.append(walker.scalar)
+    return pos
+
+
+def _dup(walker: _Walker, _op: int, pos: int, _width: int) -> int:
+    walker.stack.append(walker.top())
+    return pos
+
+
+def _framing(_walker: _Walker, _op: int, pos: int, width: int) -> int:
+    """PROTO, FRAME (a length: the frame's opcodes follow inline, so nothing to skip but the argument)."""
+    return pos + width
+
+
+def _refuse(_walker: _Walker, op: int, _pos: int, _width: int) -> int:
+    """NEXT_BUFFER, READONLY_BUFFER (out-of-band data, never in a file) and unknown opcodes."""
+    name = _NAMES.get(op)
+    raise ValueError(f"opcode {name or f'0x{op:02x}'} is not one a checkpoint file holds")
+
+
+_HANDLED: dict[_Handler, tuple[str, ...]] = {
+    _fill: ("APPENDS", "SETITEMS", "ADDITEMS"),
+    _pop: ("POP",),
+    _value_line: ("INT", "FLOAT", "LONG", "STRING", "UNICODE"),
+    _memo_line: ("GET", "PUT"),
+    _from_mark: ("TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST"),
+    _pop_mark: ("POP_MARK",),
+    _into_top: ("APPEND", "SETITEM", "BUILD"),
+    _small_tuple: ("TUPLE1", "TUPLE2", "TUPLE3"),
+    _empty: ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"),
+    _call: ("REDUCE", "NEWOBJ", "NEWOBJ_EX"),
+    _global_lines: ("GLOBAL",),
+    _stack_global: ("STACK_GLOBAL",),
+    _extension: ("EXT1", "EXT2", "EXT4"),
+    _persistent: ("BINPERSID",),
+    _persistent_line: ("PERSID",),
+    _dup: ("DUP",),
+    _framing: ("PROTO", "FRAME"),
+}
+_BY_CODE = {_CODE[name]: handler for handler, names in _HANDLED.items() for name in names}
+_HANDLERS: tuple[_Handler, ...] = tuple(_BY_CODE.get(code, _refuse) for code in range(256))

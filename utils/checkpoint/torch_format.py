@@ -24,7 +24,7 @@ import numpy as np
 
 from utils.checkpoint import unpickler
 from utils.checkpoint.unpickler import MAX_INDEX, StorageType, TensorRef, shown, shown_name
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 

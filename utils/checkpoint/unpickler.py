@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from utils.checkpoint import pickle_bounds
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def usage_error(args: argparse.Namespace) -> str | None:
-    if args.import_checkpoint is None:
-        return "--name only applies to --import-checkpoint" if args.name is not None else None
-    if args.name is None:
+    """The import's own rule; which flags go with it is utils/cli/modes.py's."""
+    if args.import_checkpoint is not None and args.name is None:
         return "--import-checkpoint needs --name NAME"
-    used = [flag for flag, on in (("-i/--input", args.input is not None), ("-v/--video", args.video is not None))
-            if on]
-    return f"--import-checkpoint cannot be used with {' or '.join(used)}" if used else None
+    return None
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -34,7 +31,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     model_pth, infos_pkl = args.import_checkpoint
     # A first Ctrl-C or SIGTERM stops the import (the importer removes its temporary folder on the way
-    # out); later ones are only noted, so the clean-up is never cut short (utils/stopping.py).
+    # out); later ones are only noted, so the clean-up is never cut short (utils/support/stopping.py).
     imported = import_checkpoint(model_pth, infos_pkl, args.name, args.model_dir or default_model_dir())
     print(describe(imported))
     return 0

@@ -7,8 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-from utils.errors import CaptionError, UsageError
 from utils.evaluation.options import EvaluationOptions
+from utils.support.errors import CaptionError, UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,15 +32,6 @@ def usage_error(args: argparse.Namespace) -> str | None:
                                       ("--score-captions", args.score_captions is not None)) if on]
         if used:
             return f"{' and '.join(used)} need{'s' if len(used) == 1 else ''} --references FILE"
-        return None
-    if args.video is not None:
-        return "--references scores images (-i), not video"
-    if args.score_captions is not None:
-        made = [flag for flag, on in (("-i/--input", args.input is not None),
-                                      ("-s/--savepath", args.savepath is not None),
-                                      ("--captions-file", args.captions_file is not None)) if on]
-        if made:
-            return f"--score-captions scores captions made earlier; it cannot be used with {' or '.join(made)}"
     return None
 
 

@@ -7,16 +7,16 @@ import argparse
 from pathlib import Path
 
 from models import DECODERS, DEFAULT_DECODER, MODEL_DIR_ENV, default_model_dir, imported_names, model_choices
-from utils import compatibility
-from utils.caption_types import MAX_WORKERS, CaptionerOptions, default_workers
 from utils.cli import decoding, evaluation, metadata
 from utils.cli.arg_types import int_up_to
 from utils.cli.version import VersionAction
-from utils.image_job import ImageJob
+from utils.engine import compatibility
+from utils.engine.caption_types import MAX_WORKERS, CaptionerOptions, default_workers
+from utils.engine.runtime import BACKENDS, RuntimeOptions
+from utils.images.job import ImageJob
 from utils.output.captions_file import EXTENSIONS, captions_file_usage_error
-from utils.output.formats import FORMATS
+from utils.output.formats import FORMATS, stream_formats
 from utils.quantization import PRECISIONS
-from utils.runtime import BACKENDS, RuntimeOptions
 
 MAX_BENCHMARK_COUNT = 1000  # runs per image with -b (docs/limits.md)
 SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "samples" / "chelsea.png"
@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser, imported: list[str]) -> None:
                    help=f"captioning decoder: {', '.join(DECODERS)} (default {DEFAULT_DECODER}), or a model imported "
                         "with --import-checkpoint (in the model folder: "
                         f"{', '.join(imported) if imported else 'none yet'})")
-    p.add_argument("--format", choices=FORMATS, default="text",
+    p.add_argument("--format", choices=stream_formats(), default="text",
                    help="what to print on stdout: text (default); json (one JSON object per image or caption, "
                         "JSON Lines); vtt or srt (video only: a subtitle track, one cue per caption change); "
                         "csv or tsv (a header, then one row per image or caption)")

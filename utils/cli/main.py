@@ -10,20 +10,20 @@ import os
 import sys
 from dataclasses import replace
 
-from utils.caption_types import CaptionerOptions
 from utils.cli import checkpoint, evaluation, general, ray, serve, video
 from utils.cli.parser import parse
-from utils.errors import CaptionError, UsageError, exception_chain, log_bug
-from utils.stderr import library_output_silenced, own_stderr
-from utils.stopping import MESSAGE, exit_status, program_work, signum_of
-from utils.text import printable
+from utils.engine.caption_types import CaptionerOptions
+from utils.support.errors import CaptionError, UsageError, exception_chain, log_bug
+from utils.support.stderr import library_output_silenced, own_stderr
+from utils.support.stopping import MESSAGE, exit_status, program_work, signum_of
+from utils.support.text import printable
 
 logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None, standalone: bool = False) -> int:
     """Run the program; ``standalone``: this process is the program (not a test calling in), so it may
-    rearrange its own stdout and stderr (utils/stderr.py)."""
+    rearrange its own stdout and stderr (utils/support/stderr.py)."""
     args = parse(argv)
     if standalone and isinstance(sys.stdout, io.TextIOWrapper):
         # A file name that is not valid UTF-8 reaches Python as lone surrogates; printed, it becomes the
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None, standalone: bool = False) -> int:
         sys.stdout.reconfigure(errors="surrogateescape")
     quiet_libraries = standalone and not args.debug
     if quiet_libraries:
-        own_stderr()  # before logging keeps a reference to sys.stderr; see utils/stderr.py
+        own_stderr()  # before logging keeps a reference to sys.stderr; see utils/support/stderr.py
     configure_logging(args.debug)
     try:
         with program_work():
@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
     # Each mode's modules are imported when it runs: --help, a usage error and the other modes pay for none
     # of them (ONNX Runtime, OpenCV, the web server, Ray).
     if args.env_list:
-        from utils.runtime import ailia_environments
+        from utils.engine.runtime import ailia_environments
 
         print("\n".join(ailia_environments()))
         return 0
@@ -95,13 +95,13 @@ def _run(args: argparse.Namespace, quiet_libraries: bool) -> int:
 
         return run_video(video.job(args), options)
     if args.ray is not None:
-        from utils.ray_images import run_ray
+        from utils.ray_data.run import run_ray
 
         if quiet_libraries:  # Ray's own processes and its C++ logging write to descriptor 2 too
             with library_output_silenced():
                 return run_ray(ray.job(args), options)
         return run_ray(ray.job(args), options)
-    from utils.images import run_images
+    from utils.images.run import run_images
 
     options = replace(options, workers=general.workers(args))
     if quiet_libraries:

@@ -25,14 +25,9 @@ def usage_error(args: argparse.Namespace) -> str | None:
     if args.write_metadata and args.metadata_sidecar:
         return "--write-metadata writes into the photos, --metadata-sidecar beside them: choose one"
     writing = args.write_metadata or args.metadata_sidecar
-    used = [flag for flag, on in (("--write-metadata", args.write_metadata),
-                                  ("--metadata-sidecar", args.metadata_sidecar),
-                                  ("--overwrite-metadata", args.overwrite_metadata), ("--dry-run", args.dry_run))
-            if on]
-    if used and args.video is not None:
-        return f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to images (-i)"
     if not writing:
-        needs = [flag for flag in used if flag in ("--overwrite-metadata", "--dry-run")]
+        needs = [flag for flag, on in (("--overwrite-metadata", args.overwrite_metadata), ("--dry-run", args.dry_run))
+                 if on]
         if needs:
             return f"{' and '.join(needs)} need{'s' if len(needs) == 1 else ''} --write-metadata or --metadata-sidecar"
     return None

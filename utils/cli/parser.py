@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models import default_model_dir, imported_names
-from utils.cli import checkpoint, decoding, evaluation, general, metadata, ray, resume, serve, video
+from utils.cli import checkpoint, decoding, evaluation, general, metadata, modes, ray, resume, serve, video
 
-# Each group's own rules, in the order they are reported; then, knowing the model folder, the model's.
+# Which flags go with the mode asked for first (utils/cli/modes.py); then each group's own rules, in the
+# order they are reported; then, knowing the model folder, the model's.
 UsageCheck = Callable[[argparse.Namespace], "str | None"]
 USAGE_CHECKS: tuple[UsageCheck, ...] = (serve.usage_error, video.usage_error, general.usage_error,
                                         decoding.usage_error, checkpoint.usage_error, metadata.usage_error,
@@ -52,6 +53,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     model_dir = model_folder_of(argv)
     parser = build_parser(model_dir)
     args = parser.parse_args(argv)
+    if (problem := modes.usage_error(args, parser)) is not None:
+        parser.error(problem)
     for check in USAGE_CHECKS:
         if (problem := check(args)) is not None:
             parser.error(problem)

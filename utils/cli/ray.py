@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from utils.cli import decoding
-from utils.output.rows import OUTPUT_FORMATS
-
-if TYPE_CHECKING:
-    from utils.ray_images import RayJob
+from utils.ray_data.job import OUTPUT_FORMATS, RayJob
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,28 +19,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def usage_error(args: argparse.Namespace) -> str | None:
+    """Ray's own rules; which flags go with --ray is utils/cli/modes.py's."""
     if args.ray is None:
         return None
-    if args.video is not None:
-        return "--ray is for images (-i), not video"
     if not args.input:
         return "--ray needs -i: the files, folders, patterns or URIs (s3://bucket/photos/) to caption"
     if args.captions_file is None:
         return f"--ray writes its captions to --captions-file; name one ({', '.join(OUTPUT_FORMATS)})"
     if args.captions_file.suffix.lower() not in OUTPUT_FORMATS:
         return f"--ray --captions-file {args.captions_file}: use one of {' '.join(OUTPUT_FORMATS)}"
-    others = [flag for flag, on in (("-s/--savepath", args.savepath is not None), ("-b/--benchmark", args.benchmark),
-                                    ("--write-metadata", args.write_metadata),
-                                    ("--metadata-sidecar", args.metadata_sidecar), ("--resume", args.resume),
-                                    ("--references", args.references is not None),
-                                    (f"--format {args.format}", args.format != "text")) if on]
-    if others:
-        return f"--ray writes captions to --captions-file only; it does not go with {', '.join(others)}"
     return None
 
 
 def job(args: argparse.Namespace) -> RayJob:
-    from utils.ray_images import RayJob  # Ray mode's modules load in Ray mode only
-
     return RayJob(inputs=args.input or [], address=args.ray or None, captions_file=Path(args.captions_file),
                   actors=args.workers, decoding=decoding.options(args))

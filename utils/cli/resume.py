@@ -19,8 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def usage_error(args: argparse.Namespace) -> str | None:
     if not args.resume:
         return None
-    if args.video is not None:
-        return "--resume is for images (-i), not video"
     if args.captions_file is None:
         return "--resume needs --captions-file: the .jsonl, .json, .csv or .tsv file to go on with"
     if args.references is not None:

@@ -7,11 +7,10 @@ import importlib.util
 import os
 from dataclasses import replace
 
-from utils.caption_types import CaptionerOptions
 from utils.cli import decoding, general
 from utils.cli.arg_types import int_up_to, positive_number
-from utils.errors import CaptionError
-from utils.service.options import (
+from utils.engine.caption_types import CaptionerOptions
+from utils.service.job import (
     DEFAULT_CLIENT_TIMEOUT_S,
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_QUEUE_SIZE,
@@ -26,6 +25,7 @@ from utils.service.options import (
     parse_address,
     token_problem,
 )
+from utils.support.errors import CaptionError
 
 # The web packages the service runs on, by the name they are imported as; requirements-serve.txt has them.
 # Import name: package name.
@@ -66,29 +66,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_CLIENT_TIMEOUT_S:g}); then the connection is closed, or 408")
 
 
-_SERVICE_FLAGS = (("--token", "token"), ("--allow-anonymous", "allow_anonymous"), ("--cors-origin", "cors_origin"),
-                  ("--max-upload-mb", "max_upload_mb"), ("--queue-size", "queue_size"),
-                  ("--request-timeout", "request_timeout"), ("--client-timeout", "client_timeout"))
-
-
 def token(args: argparse.Namespace) -> str | None:
     return args.token if args.token is not None else os.environ.get(TOKEN_ENV)
 
 
 def usage_error(args: argparse.Namespace) -> str | None:
+    """The service's own rules; which flags go with --serve is utils/cli/modes.py's."""
     if args.serve is None:
-        used = [flag for flag, dest in _SERVICE_FLAGS if getattr(args, dest) not in (None, False)]
-        return f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to --serve" if used else None
-    modes = [flag for flag, on in (
-        ("-i/--input", args.input is not None), ("-v/--video", args.video is not None),
-        ("-s/--savepath", args.savepath is not None), ("--captions-file", args.captions_file is not None),
-        ("--format/--json", args.format != "text"), ("-b/--benchmark", args.benchmark),
-        ("--write-metadata", args.write_metadata), ("--metadata-sidecar", args.metadata_sidecar),
-        ("--import-checkpoint", args.import_checkpoint is not None),
-        ("--references", args.references is not None), ("--score-captions", args.score_captions is not None),
-        ("--resume", args.resume), ("--ray", args.ray is not None)) if on]
-    if modes:
-        return f"--serve cannot be used with {', '.join(modes)}: the service takes photos over HTTP and answers JSON"
+        return None
     secret = token(args)
     if secret is not None and (problem := token_problem(secret)) is not None:
         return f"{'--token' if args.token is not None else TOKEN_ENV}: {problem}"
@@ -120,6 +105,6 @@ def run(args: argparse.Namespace, captioner: CaptionerOptions) -> int:
     if missing:
         raise CaptionError(f"--serve needs {', '.join(missing)}: python3 -m pip install -r requirements-serve.txt")
     # Imported here: the web packages are loaded only when serving.
-    from utils.service.server import serve
+    from utils.service.run import serve
 
     return serve(options(args), replace(captioner, workers=general.workers(args)))

@@ -27,18 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def usage_error(args: argparse.Namespace) -> str | None:
-    if args.video is not None:
-        if args.input is not None:
-            return "-i/--input and -v/--video cannot be used together"
-        if args.benchmark:
-            return "-b/--benchmark is for images; with -v use --hud or --json timings"
-        if args.sync and args.interval is not None:
-            return "--sync and --interval cannot be used together"
-        return None
-    used = [flag for flag, on in [("--interval", args.interval is not None), ("--sync", args.sync),
-                                  ("--live", args.live), ("--hud", args.hud), ("--no-display", not args.display)]
-            if on]
-    return f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to video (-v)" if used else None
+    """Video's own rules; which flags go with -v is utils/cli/modes.py's."""
+    if args.sync and args.interval is not None:
+        return "--sync and --interval cannot be used together"
+    return None
 
 
 def job(args: argparse.Namespace) -> VideoJob:

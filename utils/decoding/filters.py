@@ -24,8 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
-from utils.arrays import F32, I64
 from utils.decoding.options import DecodingOptions
+from utils.engine.arrays import F32, I64
 
 EOS = 0  # index 0 is BOS, EOS and padding at once (docs/models.md §4)
 UNK_WORD = "UNK"

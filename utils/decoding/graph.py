@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.errors import CaptionError
-from utils.runtime import Network, first_input
+from utils.engine.runtime import Network, first_input
+from utils.support.errors import CaptionError
 from vocab import caption_indices
 
 

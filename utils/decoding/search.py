@@ -24,9 +24,9 @@ from typing import Protocol
 
 import numpy as np
 
-from utils.arrays import F32, I64, State
 from utils.decoding.filters import EOS, LogitFilter, Step, apply_filters, log_softmax, logit_filters
 from utils.decoding.options import DecodingOptions, LengthPenalty, SampleMethod
+from utils.engine.arrays import F32, I64, State
 
 FINISHED_PENALTY = np.float32(1000.0)  # subtracted from a finished beam's running score
 

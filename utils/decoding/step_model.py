@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from utils.arrays import F32, I64, State
 from utils.decoding.weights import DecoderWeights
+from utils.engine.arrays import F32, I64, State
 
 logger = logging.getLogger(__name__)
 

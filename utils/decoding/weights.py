@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from utils.arrays import F32
+from utils.engine.arrays import F32
 
 # PyTorch parameter names of NewFCModel (docs/models.md §4), keyed by the role they play here.
 PARAMETER_NAMES = {

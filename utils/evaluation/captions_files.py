@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.errors import CaptionError
 from utils.evaluation.files import caption_problem, file_name, read_limited
 from utils.evaluation.references import References
-from utils.text import shortened
+from utils.support.errors import CaptionError
+from utils.support.text import shortened
 
 FORMATS = {"jsonl": "JSON Lines", "csv": "CSV", "tsv": "TSV", "coco-results": "COCO results JSON"}
 EXPECTED = ("expected this program's --json output (JSON Lines), its --format csv/tsv table (header "

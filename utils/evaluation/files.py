@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from utils.errors import CaptionError
-from utils.text import shortened
+from utils.support.errors import CaptionError
+from utils.support.text import shortened
 
 # The largest references or captions file read. The largest published references files are COCO's
 # captions_train2014.json (~66 MB) and Karpathy's dataset_coco.json (~140 MB, every split with its

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from utils.errors import CaptionError
 from utils.evaluation.captions_files import Candidate
 from utils.evaluation.files import file_name
 from utils.evaluation.references import References
-from utils.text import shortened
+from utils.support.errors import CaptionError
+from utils.support.text import shortened
 
 NAMES_SHOWN = 5  # a warning names this many, then gives a count
 

@@ -29,8 +29,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from utils.errors import CaptionError
-from utils.text import shortened
+from utils.support.errors import CaptionError
+from utils.support.text import shortened
 
 INSTALL = "python3 -m pip install -r requirements-eval.txt"
 JAVA_PACKAGE = "default-jre-headless"

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from utils.errors import CaptionError
 from utils.evaluation.files import (
     MAX_FILE_BYTES,
     READ_BUFFER_BYTES,
@@ -32,7 +31,8 @@ from utils.evaluation.files import (
     read_rest,
     too_large,
 )
-from utils.text import shortened
+from utils.support.errors import CaptionError
+from utils.support.text import shortened
 
 FORMATS = {"coco": "COCO captions JSON", "karpathy": "Karpathy's dataset JSON", "csv": "CSV", "tsv": "TSV"}
 EXPECTED = ("expected COCO captions JSON (images, annotations), Karpathy's dataset JSON (images with "

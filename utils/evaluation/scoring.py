@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from utils.errors import CaptionError
 from utils.evaluation.files import caption_problem
 from utils.evaluation.pycoco import meteor_score, running_meteor, tokenize
-from utils.text import shortened
+from utils.support.errors import CaptionError
+from utils.support.text import shortened
 
 # The corpus metrics, named as pycocoevalcap names them, in its order.
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")

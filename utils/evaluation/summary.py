@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from utils.errors import CaptionError
 from utils.evaluation.evaluate import Evaluation
 from utils.evaluation.references import FORMATS
 from utils.evaluation.scoring import METRICS
 from utils.files.atomic import write_atomic
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
+from utils.support.errors import CaptionError
 
 OPTION = "--metrics-file"
 

@@ -8,7 +8,7 @@ import stat
 import sys
 from pathlib import Path
 
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
 
 
 def check_output_slot(path: Path) -> None:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from utils.errors import CaptionError
 from utils.files.atomic import replace_durably
 from utils.files.checks import check_output_slot
 from utils.metadata.exiftool import ExifTool, ExifToolStopped, absolute, clean_message, has_format_codes
 from utils.metadata.files import check_writable, keep_attributes, remove_quietly, temp_beside, times_of
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from utils.errors import CaptionError
+from utils.support.errors import CaptionError
+from utils.support.text import shortened
 
 logger = logging.getLogger(__name__)
 
@@ -398,7 +399,7 @@ def _line_at(data: bytearray, line: bytes, start: int) -> int | None:
 def _child_setup() -> Callable[[], None] | None:
     """What the child does before ExifTool starts (POSIX). It gets a process group of its own, so that a
     Ctrl-C at the terminal reaches this program only, which lets the photo at hand be finished (ExifTool
-    included) and then closes ExifTool (utils/stopping.py). On Linux it also asks the kernel to kill it
+    included) and then closes ExifTool (utils/support/stopping.py). On Linux it also asks the kernel to kill it
     when its parent dies, so that even a run killed with SIGKILL leaves no ExifTool behind. (The kernel
     ties this to the thread that started it; should that thread end first, ExifTool ends and the next
     command starts a new one.) libc is looked up here, in the parent: the child only makes the calls."""
@@ -446,7 +447,7 @@ def clean_message(message: str) -> str:
     to ``MAX_DETAIL`` characters."""
     text = re.sub(r"^(Error|Warning):\s*", "", message.strip())
     text = re.sub(r" - (/|[A-Za-z]:\\).*$", "", text)
-    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "..."
+    return shortened(text, MAX_DETAIL)
 
 
 def _asked(record: dict[str, Any], tags: Sequence[str]) -> dict[str, str]:

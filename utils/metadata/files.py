@@ -9,8 +9,8 @@ import shutil
 import stat
 from pathlib import Path
 
-from utils.errors import CaptionError
 from utils.files.checks import read_only_file_system
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 

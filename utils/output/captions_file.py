@@ -14,18 +14,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import IO, Any, TextIO
 
-from utils.errors import CaptionError
 from utils.files.atomic import commit, create_temp_beside
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
-from utils.output.formats import FORMATS, Mode, ResultWriter, Tee, make_writer
+from utils.output.formats import FORMATS, Mode, ResultWriter, Tee, make_writer, require_pyarrow
 from utils.output.resume import Resumable, appending, appending_kept_out
+from utils.support.errors import CaptionError
 
 OPTION = "--captions-file"
 EXTENSIONS = {".vtt": "vtt", ".srt": "srt", ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json",
-              ".txt": "text"}
-RAY_EXTENSIONS = (".parquet",)  # a columnar file for the --ray mode's millions of rows (utils/ray_images.py)
+              ".txt": "text", ".parquet": "parquet"}
 
 
 def file_format(path: Path) -> str | None:
@@ -37,8 +36,6 @@ def captions_file_usage_error(path: Path | None, mode: Mode) -> str | None:
     if path is None:
         return None
     name = file_format(path)
-    if path.suffix.lower() in RAY_EXTENSIONS and name is None:
-        return f"{OPTION} {path}: {path.suffix} is written with --ray only; use one of {' '.join(EXTENSIONS)}"
     if name is None:
         known = " ".join(EXTENSIONS)
         return f"{OPTION} {path}: unknown extension {path.suffix or '(none)'!r}; use one of {known}"
@@ -49,9 +46,11 @@ def captions_file_usage_error(path: Path | None, mode: Mode) -> str | None:
 
 
 def check_captions_file(path: Path, inputs: list[Path]) -> None:
-    """Before any model loads: a folder that exists and takes files; at the path nothing but a regular
-    file (never a folder, link, pipe or device) that no --resume run is appending to, and never an
-    input."""
+    """Before any model loads: what its format needs installed; a folder that exists and takes files; at
+    the path nothing but a regular file (never a folder, link, pipe or device) that no --resume run is
+    appending to, and never an input."""
+    if file_format(path) == "parquet":
+        require_pyarrow(OPTION)
     check_output_slot(path)
     check_writable_folder(path.parent, OPTION)
     never_an_input([path], inputs, OPTION)
@@ -61,12 +60,15 @@ def check_captions_file(path: Path, inputs: list[Path]) -> None:
 
 @contextmanager
 def open_writers(format_name: str, out: TextIO | None, captions_file: Path | None,
-                 resumable: Resumable | None = None, retried: set[str] | None = None) -> Iterator[ResultWriter]:
-    """The writer for stdout in ``format_name``, and with ``captions_file`` also one for that file (in its
-    extension's format), together; the file is committed when the block ends normally, removed otherwise.
-    With ``resumable`` (--resume) the file is appended to instead, record by record, and kept however
-    the block ends (utils/output/resume.py); ``retried``: the inputs whose failed records it drops."""
-    stdout = make_writer(format_name, out)
+                 resumable: Resumable | None = None, retried: set[str] | None = None,
+                 columns: tuple[str, ...] = ()) -> Iterator[ResultWriter]:
+    """The writer for stdout in ``format_name`` (``out`` None: nothing on stdout), and with
+    ``captions_file`` also one for that file (in its extension's format), together; the file is
+    committed when the block ends normally, removed otherwise. With ``resumable`` (--resume) the file is
+    appended to instead, record by record, and kept however the block ends (utils/output/resume.py);
+    ``retried``: the inputs whose failed records it drops. ``columns``: an image table's step columns
+    (formats.ResultWriter)."""
+    stdout = make_writer(format_name, out, columns=columns)
     if captions_file is None:
         yield stdout
         return
@@ -81,10 +83,12 @@ def open_writers(format_name: str, out: TextIO | None, captions_file: Path | Non
         fd, tmp = create_temp_beside(captions_file)
     except OSError as exc:
         raise CaptionError(f"cannot write {captions_file}: {exc.strerror or exc}") from exc
-    file = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="")
+    binary = FORMATS[name].binary
+    file: IO[Any] = (os.fdopen(fd, "wb") if binary
+                     else os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline=""))
+    copy = make_writer(name, file, str(captions_file), columns)
+    copy.quiet = True  # problems with the records are reported once, by the stdout writer
     try:
-        copy = make_writer(name, file, str(captions_file))
-        copy.quiet = True  # problems with the records are reported once, by the stdout writer
         yield Tee([stdout, copy])
         if copy.failure is not None:
             raise CaptionError(f"cannot write {captions_file}: {copy.failure}; it was not written")
@@ -100,6 +104,7 @@ def open_writers(format_name: str, out: TextIO | None, captions_file: Path | Non
         except OSError as exc:
             raise CaptionError(f"cannot write {captions_file}: {exc.strerror or exc}; it was not written") from exc
     except BaseException:
+        copy.abandon()
         with contextlib.suppress(OSError):  # what is still buffered may not fit either: it is dropped anyway
             file.close()
         tmp.unlink(missing_ok=True)

@@ -1,25 +1,27 @@
 """Output formats: one small class per format behind one interface, chosen by ``--format``.
 
 A writer is given records as they are made (``write``), so a pipe sees each caption at once, and a
-summary when the run ends (``end``). Adding a format means adding a ``ResultWriter`` subclass and its
-entry in ``FORMATS``; image mode and video mode need no change.
+summary when the run ends (``end``). Every mode writes through these: image mode, video mode, --ray and
+--resume. Adding a format means adding a ``ResultWriter`` subclass and its entry in ``FORMATS``; no mode
+needs a change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TextIO
 
 from tqdm import tqdm
 
-from utils.errors import CaptionError
-from utils.records import CaptionRecord, RunSummary, as_json
-from utils.steps.registry import table_columns
-from utils.text import printable
+from utils.output.records import CaptionRecord, RunSummary, as_json
+from utils.support.errors import CaptionError, first_line
+from utils.support.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +33,16 @@ class ResultWriter:
 
     name: ClassVar[str]
     modes: ClassVar[frozenset[Mode]] = frozenset({"images", "video"})  # what the format can describe
+    binary: ClassVar[bool] = False  # written to a file only (--captions-file), never to standard output
 
-    def __init__(self, out: TextIO | None, destination: str = "standard output") -> None:
-        self.out = out  # None: closed before the start (`>&-` leaves Python no sys.stdout); nothing is written
+    def __init__(self, out: Any, destination: str = "standard output", columns: tuple[str, ...] = ()) -> None:
+        # ``out``: a text stream (a binary file for a binary format); None: closed before the start (`>&-`
+        # leaves Python no sys.stdout), and nothing is written.
+        self.out = out
         self.destination = destination  # what messages call ``out``
+        # An image table's columns between confidence and error: what the per-image steps add (the mode
+        # names them: utils/images/steps/registry.py), so that every mode's table has the same header.
+        self.columns = columns
         self.reader_gone = False  # set when the stream's reader left (piped into `head`): stop if nothing else
         # A second copy of the records (--captions-file): nothing to the log, and a write error does not
         # end the run (the captions still reach stdout); it is kept here and reported when the run ends.
@@ -50,6 +58,10 @@ class ResultWriter:
     def end(self, summary: RunSummary) -> None:
         """Called once after the last record."""
 
+    def abandon(self) -> None:
+        """Called instead of ``end`` when the run fails or is stopped: let go of what the writer holds
+        in ``out`` before its owner closes it."""
+
     def _emit(self, text: str) -> None:
         if self.reader_gone or self.out is None:
             return
@@ -60,12 +72,15 @@ class ResultWriter:
             self.reader_gone = True
             _silence(self.out)
         except (OSError, ValueError) as exc:  # a full disk or device (ENOSPC, EIO), a closed file object
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if self.quiet:
-                self.failure, self.reader_gone = reason, True
-                return
-            _silence(self.out)
-            raise CaptionError(f"cannot write the captions to {self.destination}: {reason}") from None
+            self._failed(exc)
+
+    def _failed(self, exc: OSError | ValueError) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if self.quiet:
+            self.failure, self.reader_gone = reason, True
+            return
+        _silence(self.out)
+        raise CaptionError(f"cannot write the captions to {self.destination}: {reason}") from None
 
 
 def _silence(out: TextIO) -> None:
@@ -149,8 +164,8 @@ class CueWriter(ResultWriter):
 
     modes = frozenset({"video"})
 
-    def __init__(self, out: TextIO | None, destination: str = "standard output") -> None:
-        super().__init__(out, destination)
+    def __init__(self, out: TextIO | None, destination: str = "standard output", columns: tuple[str, ...] = ()) -> None:
+        super().__init__(out, destination, columns)
         self._cue: tuple[float, str] | None = None  # the open cue: (start, caption)
         self._cues = 0
 
@@ -216,6 +231,11 @@ class SrtWriter(CueWriter):
 VIDEO_COLUMNS = ("time", "frame", "caption", "confidence")
 
 
+def image_columns(step_columns: tuple[str, ...]) -> tuple[str, ...]:
+    """An image table's header: input, caption, confidence, the steps' columns, error."""
+    return ("input", "caption", "confidence", *step_columns, "error")
+
+
 class CsvWriter(ResultWriter):
     """For spreadsheets: a header, then one row per image (failed ones with their error) or per video
     caption. Images: input,caption,confidence, each step's columns (output: the annotated copy; metadata:
@@ -224,13 +244,8 @@ class CsvWriter(ResultWriter):
     name = "csv"
     dialect: ClassVar[type[csv.Dialect]] = csv.excel
 
-    @staticmethod
-    def header(images: bool) -> tuple[str, ...]:
-        return ("input", "caption", "confidence", *table_columns(), "error") if images else VIDEO_COLUMNS
-
     def begin(self, inputs: int | None = None) -> None:
-        self._columns = table_columns()
-        self._row(self.header(images=inputs is not None))
+        self._row(image_columns(self.columns) if inputs is not None else VIDEO_COLUMNS)
 
     def write(self, record: CaptionRecord) -> None:
         result = record.result
@@ -239,10 +254,8 @@ class CsvWriter(ResultWriter):
         if record.video is not None:
             self._row((round(record.video.time, 3), record.video.frame, caption, confidence))
             return
-        cells = dict.fromkeys(self._columns, "")
-        for section in record.sections:
-            cells.update(zip(section.columns, section.cells(), strict=True))
-        self._row((record.input, caption, confidence, *cells.values(), record.failure or ""))
+        self._row((record.input, caption, confidence, *step_cells(record, self.columns).values(),
+                   record.failure or ""))
 
     def _row(self, values: tuple[Any, ...]) -> None:
         # The dialect's own "\r\n" terminator makes the writer quote a field holding a bare "\r" as well as
@@ -252,11 +265,102 @@ class CsvWriter(ResultWriter):
         self._emit(line.getvalue().removesuffix(self.dialect.lineterminator))
 
 
+def step_cells(record: CaptionRecord, columns: tuple[str, ...]) -> dict[str, Any]:
+    """The record's value in each step column ("" where its step did nothing)."""
+    cells: dict[str, Any] = dict.fromkeys(columns, "")
+    for section in record.sections:
+        cells.update(zip(section.columns, section.cells(), strict=True))
+    return cells
+
+
 class TsvWriter(CsvWriter):
     """The same rows, tab-separated."""
 
     name = "tsv"
     dialect = csv.excel_tab
+
+
+class ParquetWriter(ResultWriter):
+    """For data tools (--captions-file only): the CSV table's columns, typed: confidence a double, every
+    other column a string, null where a CSV cell is empty. Rows are buffered and written a row group at
+    a time, so memory stays bounded however many images there are. Needs pyarrow (require_pyarrow)."""
+
+    name = "parquet"
+    modes = frozenset({"images"})
+    binary = True
+    ROWS_PER_GROUP = 4096  # a few hundred KB held at a time
+
+    def __init__(self, out: Any, destination: str = "standard output", columns: tuple[str, ...] = ()) -> None:
+        super().__init__(out, destination, columns)
+        self._rows: list[tuple[Any, ...]] = []
+        self._file: Any = None  # pyarrow.parquet.ParquetWriter, from ``begin``
+
+    def begin(self, inputs: int | None = None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa = pa
+        self._schema = pa.schema([(name, pa.float64() if name == "confidence" else pa.string())
+                                  for name in image_columns(self.columns)])
+        if self.out is not None:
+            try:
+                self._file = pq.ParquetWriter(self.out, self._schema)
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
+
+    def write(self, record: CaptionRecord) -> None:
+        result = record.result
+        cells = [None if value in ("", None) else str(value) for value in step_cells(record, self.columns).values()]
+        self._rows.append((_utf8(record.input), None if result is None else result.caption,
+                           None if result is None else result.confidence, *cells, record.failure))
+        if len(self._rows) >= self.ROWS_PER_GROUP:
+            self._guarded(self._flush)
+
+    def end(self, summary: RunSummary) -> None:
+        self._guarded(self._flush)
+        if self._file is not None:
+            self._guarded(self._file.close)  # the footer; the file itself is committed by its owner
+
+    def abandon(self) -> None:
+        # pyarrow's writer would otherwise close itself when collected, writing its footer into a file
+        # closed by then.
+        self.reader_gone = True
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+
+    def _flush(self) -> None:
+        if self._file is None or self.reader_gone:
+            return
+        columns = {name: [row[i] for row in self._rows] for i, name in enumerate(self._schema.names)}
+        self._rows = []
+        self._file.write_table(self._pa.table(columns, schema=self._schema))
+
+    def _guarded(self, action: Callable[[], Any]) -> None:
+        if self.reader_gone:
+            return
+        try:
+            action()
+        except (OSError, ValueError) as exc:
+            self._failed(exc)
+
+
+def _utf8(name: str) -> str:
+    """A file name that is not valid UTF-8 (its bytes kept as lone surrogates) in the UTF-8 Parquet
+    requires, its stray bytes shown as U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+PARQUET_INSTALL = "python3 -m pip install -r requirements-parquet.txt"
+
+
+def require_pyarrow(option: str) -> None:
+    """A one-line CaptionError naming the install command when pyarrow (Parquet) cannot be imported."""
+    try:
+        import pyarrow.parquet  # noqa: F401  (its import is the check)
+    except ImportError as exc:
+        raise CaptionError(f"{option} .parquet needs pyarrow, which is not installed ({first_line(exc)}): "
+                           f"{PARQUET_INSTALL}") from None
 
 
 class Tee(ResultWriter):
@@ -289,9 +393,15 @@ class Tee(ResultWriter):
 
 
 FORMATS: dict[str, type[ResultWriter]] = {
-    cls.name: cls for cls in (TextWriter, JsonWriter, VttWriter, SrtWriter, CsvWriter, TsvWriter)
+    cls.name: cls for cls in (TextWriter, JsonWriter, VttWriter, SrtWriter, CsvWriter, TsvWriter, ParquetWriter)
 }
 
 
-def make_writer(format_name: str, out: TextIO | None, destination: str = "standard output") -> ResultWriter:
-    return FORMATS[format_name](out, destination)
+def stream_formats() -> list[str]:
+    """The formats --format may print on standard output."""
+    return [name for name, cls in FORMATS.items() if not cls.binary]
+
+
+def make_writer(format_name: str, out: Any, destination: str = "standard output",
+                columns: tuple[str, ...] = ()) -> ResultWriter:
+    return FORMATS[format_name](out, destination, columns)

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from utils.errors import CaptionError, UsageError
 from utils.files.atomic import create_temp_beside, replace_durably, sync_folder
 from utils.files.checks import check_output_slot
-from utils.output.formats import CsvWriter, ResultWriter, make_writer
-from utils.records import CaptionRecord, RunSummary
-from utils.text import printable
+from utils.output.formats import ResultWriter, image_columns, make_writer
+from utils.output.records import CaptionRecord, RunSummary
+from utils.support.errors import CaptionError, UsageError
+from utils.support.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Resumable:
 
     path: Path
     format: str  # json, csv or tsv
+    columns: tuple[str, ...]  # an image table's step columns (formats.ResultWriter): what its header holds
     done: frozenset[str]  # inputs recorded with a caption (or kept) and no error
     failed: dict[str, list[Span]] = field(default_factory=dict)  # input not done -> its last record
     superseded: tuple[Span, ...] = ()  # records that a later one of the same input replaces
@@ -74,17 +75,18 @@ class Resumable:
 Line = tuple[str | None, bool, int, int]
 
 
-def read_resumable(path: Path, format_name: str) -> Resumable:
+def read_resumable(path: Path, format_name: str, columns: tuple[str, ...] = ()) -> Resumable:
     """The records ``path`` holds (nothing if it does not exist yet); UsageError, changing nothing, for a
     file that is not this program's captions file in this format or that has a damaged record;
-    CaptionError for a link, a pipe, or a file another run is writing."""
+    CaptionError for a link, a pipe, or a file another run is writing. ``columns``: the step columns
+    a table of this run has (formats.ResultWriter)."""
     if format_name not in RESUMABLE:
         raise UsageError(f"--resume cannot go on with {path}: use .jsonl, .json, .csv or .tsv")
     check_output_slot(path)  # never through a link, never a pipe
     try:  # without blocking and without following a link: what is there is checked as opened
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _OPEN_FLAGS)
     except FileNotFoundError:
-        return Resumable(path, format_name, frozenset())
+        return Resumable(path, format_name, columns, frozenset())
     except OSError as exc:
         raise CaptionError(f"cannot read {path}: {exc.strerror or exc}") from exc
     with open(fd, "rb") as file:
@@ -93,7 +95,7 @@ def read_resumable(path: Path, format_name: str) -> Resumable:
             raise CaptionError(f"cannot write {path}: it is a pipe, device or socket, not a file; choose another path")
         if not _locked(fd, shared=True):
             raise CaptionError(_busy(path))
-        lines = _json_lines(file, path) if format_name == "json" else _table_lines(file, path, format_name)
+        lines = _json_lines(file, path) if format_name == "json" else _table_lines(file, path, format_name, columns)
         kept: dict[str, tuple[bool, Span]] = {}  # input -> the record that stands for it so far
         superseded: list[Span] = []
         end = 0
@@ -110,7 +112,7 @@ def read_resumable(path: Path, format_name: str) -> Resumable:
             kept[name] = (ok, (start, stop))
     done = frozenset(name for name, (ok, _) in kept.items() if ok)
     failed = {name: [span] for name, (ok, span) in kept.items() if not ok}
-    return Resumable(path, format_name, done, failed, tuple(sorted(superseded)), end, st.st_size,
+    return Resumable(path, format_name, columns, done, failed, tuple(sorted(superseded)), end, st.st_size,
                      (st.st_dev, st.st_ino))
 
 
@@ -141,14 +143,14 @@ def _json_done(record: dict[str, Any]) -> bool:
     return not any(isinstance(v, dict) and v.get("error") is not None for v in record.values())
 
 
-def _table_lines(file: IO[bytes], path: Path, format_name: str) -> Iterator[Line]:
+def _table_lines(file: IO[bytes], path: Path, format_name: str, columns: tuple[str, ...]) -> Iterator[Line]:
     """CSV/TSV records with their byte ranges. Our writer quotes a field that holds a line break, so a
     record may span lines: the csv module reads a quoted field across lines, and the lines it is given
     are counted as it takes them. A record that reaches the end of the file unfinished is a torn end
     only when it is the file's last line alone and that line lacks its newline; one that spans lines (a
     quote that never closes) is damage, refused whether or not the file ends in a newline, since cutting
     it would cut every record after the quote."""
-    header = list(CsvWriter.header(images=True))
+    header = list(image_columns(columns))
     taken = _TakenLines(file, path)
     dialect = csv.excel_tab if format_name == "tsv" else csv.excel
     reader = csv.reader(taken.lines(), dialect=dialect, strict=True)
@@ -302,7 +304,8 @@ def appending(resumable: Resumable, retried: set[str]) -> Iterator[ResultWriter]
         os.close(fd)
         raise
     file = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="")
-    writer = _Appending(make_writer(resumable.format, file, str(path)), path, fresh=os.fstat(fd).st_size == 0)
+    writer = _Appending(make_writer(resumable.format, file, str(path), resumable.columns), path,
+                        fresh=os.fstat(fd).st_size == 0)
     finished = False
     try:
         yield writer

@@ -10,7 +10,7 @@ build measured) and are not checked. The file is used only when its bytes, read 
 recorded SHA-256 and the record's recipe equals the one this run would use. Anything else (stale,
 damaged, tampered, unreadable) is made again, with one warning saying why.
 
-Everything happens under the model folder's lock (utils/download.py): a second run waits, then finds
+Everything happens under the model folder's lock (utils/engine/download.py): a second run waits, then finds
 and checks the first's file. Files are written atomically; the build works in a hidden scratch folder
 inside the model folder, removed in ``finally``, and swept by the next run if the process was killed.
 """
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.errors import CaptionError
+from utils.engine.model_files import sha256_bytes
 from utils.files.atomic import write_atomic
 from utils.files.lock import folder_lock
-from utils.model_files import sha256_bytes
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from utils.errors import CaptionError
-from utils.model_files import sha256_bytes
-from utils.preprocess import preprocess, read_image
+from utils.engine.model_files import sha256_bytes
+from utils.engine.preprocess import preprocess, read_image
+from utils.support.errors import CaptionError
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
 # Four subjects far apart (animal, still life, portrait, night scene): one photo alone measured a

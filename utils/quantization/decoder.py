@@ -43,21 +43,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
 
-from utils.arrays import F32
 from utils.decoding.step_model import OrtStepModel
 from utils.decoding.weights import DecoderWeights, RecoveryError, recover_weights
-from utils.errors import CaptionError
-from utils.model_files import VerifiedFile
+from utils.engine.arrays import F32
+from utils.engine.model_files import VerifiedFile
 from utils.quantization.cache import Built, DerivedFile, make_or_reuse
 from utils.quantization.features import FP32_HINT
 from utils.quantization.methods import AMX_FLAG, VNNI_FLAGS
+from utils.support.errors import CaptionError
 
 U8 = npt.NDArray[np.uint8]
 
@@ -272,72 +272,100 @@ def _quantize_layers(model: onnx.ModelProto, matrices: Sequence[np.ndarray],
     weight given as an initializer. Each becomes MatMulNBits, followed by an Add of the Gemm's bias."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    targets = [np.asarray(m, dtype=np.float32) for m in matrices]
-    found = [False] * len(targets)
-    # Per stored weight: the int8 initializer names and (n, k), or None when it is not a target.
-    done: dict[tuple[str, bool], tuple[list[str], int, int] | None] = {}
-    new_inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
     used_names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    changed = False
+    weights = _Int8Weights(matrices, block_size, used_names)
+    nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         layer = _linear_layer(node, inits)
-        if layer is None:
+        weight = None if layer is None else weights.get(inits[layer[0]], layer[1])
+        if weight is None:
             nodes.append(node)
-            continue
-        weight_name, transposed = layer
-        key = (weight_name, transposed)
-        if key not in done:
-            stored = numpy_helper.to_array(inits[weight_name])
-            w = stored if transposed else stored.T  # as (out, in)
-            hit = next((i for i, t in enumerate(targets) if t.shape == w.shape and np.array_equal(t, w)), None)
-            if hit is None:
-                done[key] = None
-            else:
-                found[hit] = True
-                q = quantize_matrix(w, block_size)
-                base = _fresh(f"{weight_name}_int8{'' if transposed else '_t'}", used_names)
-                packed = numpy_helper.from_array(q.packed, base)
-                scales = numpy_helper.from_array(q.scales, _fresh(f"{base}_scales", used_names))
-                new_inits += [packed, scales]
-                done[key] = ([packed.name, scales.name], q.n, q.k)
-        entry = done[key]
-        if entry is None:
-            nodes.append(node)
-            continue
-        changed = True
-        (packed_name, scales_name), n, k = entry
-        out = node.output[0]
-        has_bias = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] != ""
-        product = _fresh(f"{out}_int8", used_names) if has_bias else out
-        label = node.name or out
-        nodes.append(helper.make_node(
-            "MatMulNBits", [node.input[0], packed_name, scales_name], [product],
-            name=_fresh(f"{label}_int8", used_names), domain=MS_DOMAIN,
-            K=k, N=n, bits=BITS, block_size=block_size, accuracy_level=ACCURACY_LEVEL,
-        ))
-        if has_bias:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [out],
-                                          name=_fresh(f"{label}_bias", used_names)))
+        else:
+            nodes += _int8_layer(node, weight, used_names)
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    if not changed:
-        return result, found
+    if weights.initializers:  # made only for a layer that uses them: some layer changed
+        _replace_layers(result, graph, nodes, weights.initializers)
+    return result, weights.found
+
+
+class _Int8Weight(NamedTuple):
+    packed: str  # the initializers' names
+    scales: str
+    n: int
+    k: int
+    block_size: int
+
+
+class _Int8Weights:
+    """The int8 initializers of the stored weights that equal a target, each made once however many layers
+    use it, and which targets were found."""
+
+    def __init__(self, matrices: Sequence[np.ndarray], block_size: int, used_names: set[str]) -> None:
+        self.targets = [np.asarray(m, dtype=np.float32) for m in matrices]
+        self.found = [False] * len(self.targets)
+        self.block_size = block_size
+        self.used_names = used_names
+        self.initializers: list[onnx.TensorProto] = []
+        # Per stored weight and orientation; None when it is not a target.
+        self.done: dict[tuple[str, bool], _Int8Weight | None] = {}
+
+    def get(self, stored: onnx.TensorProto, transposed: bool) -> _Int8Weight | None:
+        """The int8 form of ``stored`` (as (out, in) when ``transposed``, else (in, out)), if it is a target."""
+        key = (stored.name, transposed)
+        if key not in self.done:
+            self.done[key] = self._make(stored, transposed)
+        return self.done[key]
+
+    def _make(self, stored: onnx.TensorProto, transposed: bool) -> _Int8Weight | None:
+        array = numpy_helper.to_array(stored)
+        w = array if transposed else array.T  # as (out, in)
+        hit = next((i for i, t in enumerate(self.targets) if t.shape == w.shape and np.array_equal(t, w)), None)
+        if hit is None:
+            return None
+        self.found[hit] = True
+        q = quantize_matrix(w, self.block_size)
+        base = _fresh(f"{stored.name}_int8{'' if transposed else '_t'}", self.used_names)
+        packed = numpy_helper.from_array(q.packed, base)
+        scales = numpy_helper.from_array(q.scales, _fresh(f"{base}_scales", self.used_names))
+        self.initializers += [packed, scales]
+        return _Int8Weight(packed.name, scales.name, q.n, q.k, q.block_size)
+
+
+def _int8_layer(node: onnx.NodeProto, weight: _Int8Weight, used_names: set[str]) -> list[onnx.NodeProto]:
+    """The MatMulNBits that replaces the linear layer ``node``, and the Add of its bias if it has one."""
+    out = node.output[0]
+    has_bias = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] != ""
+    product = _fresh(f"{out}_int8", used_names) if has_bias else out
+    label = node.name or out
+    nodes = [helper.make_node(
+        "MatMulNBits", [node.input[0], weight.packed, weight.scales], [product],
+        name=_fresh(f"{label}_int8", used_names), domain=MS_DOMAIN,
+        K=weight.k, N=weight.n, bits=BITS, block_size=weight.block_size, accuracy_level=ACCURACY_LEVEL,
+    )]
+    if has_bias:
+        nodes.append(helper.make_node("Add", [product, node.input[2]], [out],
+                                      name=_fresh(f"{label}_bias", used_names)))
+    return nodes
+
+
+def _replace_layers(result: onnx.ModelProto, source: onnx.GraphProto, nodes: Sequence[onnx.NodeProto],
+                    new_inits: Sequence[onnx.TensorProto]) -> None:
+    """``result`` (a copy of ``source``'s model) with ``nodes``, and only the initializers they use."""
     out_graph = result.graph
     del out_graph.node[:]
     out_graph.node.extend(nodes)
     needed = {name for n in nodes for name in n.input}
-    kept = [t for t in graph.initializer if t.name in needed]
+    kept = [t for t in source.initializer if t.name in needed]
     del out_graph.initializer[:]
-    out_graph.initializer.extend(kept + new_inits)
+    out_graph.initializer.extend([*kept, *new_inits])
     # Graph inputs that only declared a removed weight (older exporters list initializers as inputs).
-    removed = {t.name for t in graph.initializer} - needed
+    removed = {t.name for t in source.initializer} - needed
     stale = [i for i in out_graph.input if i.name in removed]
     for value in stale:
         out_graph.input.remove(value)
     if not any(o.domain == MS_DOMAIN for o in result.opset_import):
         result.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return result, found
 
 
 def _linear_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[str, bool] | None:

@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.errors import CaptionError
-from utils.model_files import VerifiedFile
+from utils.engine.model_files import VerifiedFile
 from utils.quantization.cache import Built, DerivedFile, make_or_reuse
 from utils.quantization.calibration import (
     SAMPLES_DIR,
@@ -32,6 +31,7 @@ from utils.quantization.calibration import (
     model_input_name,
 )
 from utils.quantization.methods import QuantMethod, method_for_this_cpu
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _quiet_tools() -> Iterator[None]:
         return
     import onnxruntime as ort
 
-    # The program's sessions all log at this level (utils/runtime.py); the calibration sessions the
+    # The program's sessions all log at this level (utils/engine/runtime.py); the calibration sessions the
     # tool makes itself take the default, which has no getter to restore, and this is the right one.
     ort.set_default_logger_severity(3)
     tool_logger = logging.getLogger("onnxruntime")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from utils.decoding.decoder import StepModelFactory
 from utils.decoding.step_model import OrtStepModel
-from utils.model_files import VerifiedFile
+from utils.engine.model_files import VerifiedFile
 from utils.quantization.decoder import int8_decoder_model, int8_decoder_pays, int8_step_model
 from utils.quantization.features import int8_feature_model
 from utils.quantization.methods import cpu_flags, method_for_flags

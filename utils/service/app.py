@@ -20,15 +20,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from utils.captioner import CaptionResult
 from utils.decoding.options import DecodingOptions
-from utils.errors import CaptionError, log_bug
-from utils.records import CaptionRecord, as_json
+from utils.engine.captioner import CaptionResult
+from utils.output.records import CaptionRecord, as_json
 from utils.service import ollama, openai
 from utils.service.base64_image import max_body_bytes
 from utils.service.caption_queue import CaptionQueue, ImageRefused, QueueFull
+from utils.service.job import ServiceOptions
 from utils.service.middleware import BearerToken, HeaderLimit, NoSniff, StopAnswer, error_response
-from utils.service.options import ServiceOptions
 from utils.service.params import OptionError, decoding_options, openapi_parameters
 from utils.service.uploads import (
     BodyLimits,
@@ -42,8 +41,9 @@ from utils.service.uploads import (
     read_form_image,
     read_raw,
 )
-from utils.stopping import StopRequest
-from utils.text import printable, shortened
+from utils.support.errors import CaptionError, log_bug
+from utils.support.stopping import StopRequest
+from utils.support.text import printable, shortened
 
 logger = logging.getLogger(__name__)
 
@@ -188,15 +188,24 @@ def _status_responses(*refused: str) -> dict[int | str, dict[str, Any]]:
 
 def create_app(state: ServiceState) -> FastAPI:
     """The application; ``state`` gets its queue once the models are loaded."""
-    options = state.options
-    pages = {path: ((STATIC / name).read_bytes(), kind) for path, (name, kind) in _PAGE_FILES.items()}
     # Swagger UI and ReDoc (/docs, /redoc) load their scripts from a CDN: off. /openapi.json stays.
     app = FastAPI(title="Image captioning service", version="1", docs_url=None, redoc_url=None,
                   description="Captions for photos (docs/service.md). With --token, every route but /healthz "
                               "needs 'Authorization: Bearer TOKEN'. Errors are {\"error\": \"one line\"}; on "
                               "the OpenAI-compatible routes (/v1/chat/completions, /v1/responses, /v1/models), "
                               "OpenAI's {\"error\": {\"message\", \"type\", \"param\", \"code\"}}.")
+    _add_error_handlers(app)
+    _add_status_routes(app, state)
+    _add_caption_route(app, state)
+    _add_ollama_route(app, state)
+    _add_openai_routes(app, state)
+    for path, (content, kind) in _read_pages().items():
+        app.add_api_route(path, _page(content, kind), methods=["GET", "HEAD"], include_in_schema=False)
+    _add_middleware(app, state.options)
+    return app
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if openai.is_openai_path(request.url.path):
@@ -206,6 +215,10 @@ def create_app(state: ServiceState) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return error_response(422, shortened(str(exc), 300))
+
+
+def _add_status_routes(app: FastAPI, state: ServiceState) -> None:
+    """/healthz and /readyz."""
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], summary="200 once the models are loaded, 503 before",
                    responses=_status_responses("loading"))
@@ -227,6 +240,10 @@ def create_app(state: ServiceState) -> FastAPI:
                 "workers": queue.captioner.workers}
         return JSONResponse(body, status_code=503 if queue.full else 200)
 
+
+def _add_caption_route(app: FastAPI, state: ServiceState) -> None:
+    """/v1/captions, the program's own route."""
+    options = state.options
     limits = BodyLimits(options.max_upload_bytes, options.client_timeout_s)
 
     @app.post("/v1/captions", summary="Caption one photo", responses=_error_responses(400, 401, 408, 413, 415, 422,
@@ -257,34 +274,44 @@ def create_app(state: ServiceState) -> FastAPI:
                                {"Connection": "close"})
         reader = BodyReader(request.receive, dict(request.headers), limits, state.budget, deadline)
         try:
-            if kind == "multipart/form-data":
-                if not (boundary := params.get(b"boundary")):
-                    raise RequestError(400, "the multipart Content-Type has no boundary", {"Connection": "close"})
-                upload = await read_form_image(reader.chunks(), boundary)
-            else:
-                _, disposition = content_kind(request.headers.get("content-disposition"))
-                raw_name = disposition.get(b"filename")
-                upload = Upload(await read_raw(reader.chunks()),
-                                file_name(raw_name.decode("utf-8", "replace") if raw_name else None))
+            upload = await _read_upload(request, reader, kind, params)
         finally:
             reader.release()
         result = await state.caption(upload, decoding)
         return JSONResponse(as_json(CaptionRecord(upload.name, result)))
 
-    async def read_json(request: Request, parse: Callable[[bytes], Parsed]) -> Parsed:
-        """A JSON body (room for an upload of the limit in base64), refused before it is read when the
-        queue is full, and parsed in a thread, its bytes still counted in the budget: a large body stalls
-        no one."""
-        deadline = asyncio.get_running_loop().time() + options.client_timeout_s
-        if (queue := state.ready_queue()).full:
-            raise _queue_full(queue)
-        reader = BodyReader(request.receive, dict(request.headers),
-                            BodyLimits(max_body_bytes(options.max_upload_bytes), options.client_timeout_s),
-                            state.budget, deadline)
-        try:
-            return await asyncio.to_thread(parse, await read_raw(reader.chunks()))
-        finally:
-            reader.release()
+
+async def _read_upload(request: Request, reader: BodyReader, kind: str, params: dict[bytes, bytes]) -> Upload:
+    """/v1/captions' photo: the form field ``image`` of a multipart body, or the whole body."""
+    if kind == "multipart/form-data":
+        if not (boundary := params.get(b"boundary")):
+            raise RequestError(400, "the multipart Content-Type has no boundary", {"Connection": "close"})
+        return await read_form_image(reader.chunks(), boundary)
+    _, disposition = content_kind(request.headers.get("content-disposition"))
+    raw_name = disposition.get(b"filename")
+    return Upload(await read_raw(reader.chunks()), file_name(raw_name.decode("utf-8", "replace") if raw_name else None))
+
+
+async def _read_json(state: ServiceState, request: Request, parse: Callable[[bytes], Parsed]) -> Parsed:
+    """A JSON body (room for an upload of the limit in base64), refused before it is read when the
+    queue is full, and parsed in a thread, its bytes still counted in the budget: a large body stalls
+    no one."""
+    options = state.options
+    deadline = asyncio.get_running_loop().time() + options.client_timeout_s
+    if (queue := state.ready_queue()).full:
+        raise _queue_full(queue)
+    reader = BodyReader(request.receive, dict(request.headers),
+                        BodyLimits(max_body_bytes(options.max_upload_bytes), options.client_timeout_s),
+                        state.budget, deadline)
+    try:
+        return await asyncio.to_thread(parse, await read_raw(reader.chunks()))
+    finally:
+        reader.release()
+
+
+def _add_ollama_route(app: FastAPI, state: ServiceState) -> None:
+    """/api/generate."""
+    options = state.options
 
     @app.post("/api/generate", summary="Ollama's /api/generate, the subset that captions one image",
               responses={200: _GENERATED, **_error_responses(400, 401, 408, 413, 422, 503, 504)},
@@ -298,7 +325,7 @@ def create_app(state: ServiceState) -> FastAPI:
     async def generate(request: Request) -> Response:
         """Ollama's shapes (docs/service.md#ollama-compatible-endpoint): the caption in ``response``."""
         started = time.perf_counter()
-        asked = await read_json(request, ollama.parse_request)
+        asked = await _read_json(state, request, ollama.parse_request)
         result = await state.caption(asked.image, options.decoding)
         answers = ollama.responses(asked, result, time.perf_counter() - started)
         if not asked.stream:
@@ -306,40 +333,47 @@ def create_app(state: ServiceState) -> FastAPI:
         lines = "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers)
         return Response(lines, media_type="application/x-ndjson")
 
-    openai_errors = (400, 401, 408, 413, 422, 503, 504)
 
-    async def openai_caption(asked: openai.CaptionRequest) -> CaptionResult:
-        try:
-            return await state.caption(asked.image, asked.options)
-        except RequestError as exc:  # not an image: the message names its field, and so does "param"
-            param = asked.image.name if exc.status == 422 else None
-            raise openai.OpenAIRequestError(exc.status, exc.message, param, exc.headers) from None
+_OPENAI_ERRORS = (400, 401, 408, 413, 422, 503, 504)
+
+
+async def _openai_caption(state: ServiceState, asked: openai.CaptionRequest) -> CaptionResult:
+    try:
+        return await state.caption(asked.image, asked.options)
+    except RequestError as exc:  # not an image: the message names its field, and so does "param"
+        param = asked.image.name if exc.status == 422 else None
+        raise openai.OpenAIRequestError(exc.status, exc.message, param, exc.headers) from None
+
+
+def _add_openai_routes(app: FastAPI, state: ServiceState) -> None:
+    """/v1/chat/completions, /v1/responses and /v1/models."""
+    options = state.options
 
     @app.post("/v1/chat/completions", summary="OpenAI's chat completions, the subset that captions one image",
-              responses=_openai_responses(openai.CHAT_ANSWER, *openai_errors, events=True),
+              responses=_openai_responses(openai.CHAT_ANSWER, *_OPENAI_ERRORS, events=True),
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": openai.chat_schema(options.decoding)}}}})
     @_answered_openai
     async def chat_completions(request: Request) -> Response:
         """OpenAI's shapes (docs/service.md#openai-compatible-endpoints): the caption in
         ``choices[0].message.content``; with ``stream``, server-sent ``chat.completion.chunk`` events."""
-        asked = await read_json(request, functools.partial(openai.parse_chat, defaults=options.decoding))
-        result = await openai_caption(asked)
+        asked = await _read_json(state, request, functools.partial(openai.parse_chat, defaults=options.decoding))
+        result = await _openai_caption(state, asked)
         if asked.stream:
             return Response(openai.chat_events(asked, result), media_type="text/event-stream",
                             headers={"Cache-Control": "no-cache"})
         return JSONResponse(openai.chat_completion(asked, result))
 
     @app.post("/v1/responses", summary="OpenAI's Responses API, the subset that captions one image",
-              responses=_openai_responses(openai.RESPONSE_ANSWER, *openai_errors),
+              responses=_openai_responses(openai.RESPONSE_ANSWER, *_OPENAI_ERRORS),
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": openai.responses_schema()}}}})
     @_answered_openai
     async def responses(request: Request) -> Response:
         """The caption as ``output[0].content[0]``, an ``output_text`` part (what OpenAI's clients read as
         ``output_text``, and PhotoPrism's OpenAI engine parses)."""
-        asked = await read_json(request, functools.partial(openai.parse_responses, defaults=options.decoding))
-        result = await openai_caption(asked)
+        asked = await _read_json(state, request, functools.partial(openai.parse_responses, defaults=options.decoding))
+        result = await _openai_caption(state, asked)
         return JSONResponse(openai.response(asked, result))
 
     @app.get("/v1/models", summary="OpenAI's model list: the model this service captions with",
@@ -348,9 +382,13 @@ def create_app(state: ServiceState) -> FastAPI:
     async def models(_request: Request) -> Response:
         return JSONResponse(openai.models(state.ready_queue().captioner.model, state.created))
 
-    for path, (content, kind) in pages.items():
-        app.add_api_route(path, _page(content, kind), methods=["GET", "HEAD"], include_in_schema=False)
 
+def _read_pages() -> dict[str, tuple[bytes, str]]:
+    """The page's files by path: their bytes and media type."""
+    return {path: ((STATIC / name).read_bytes(), kind) for path, (name, kind) in _PAGE_FILES.items()}
+
+
+def _add_middleware(app: FastAPI, options: ServiceOptions) -> None:
     # The last added is the outermost: CORS before the token (a browser's preflight carries none), and
     # every answer, a refusal by any of them included, through NoSniff.
     if options.token is not None:
@@ -361,7 +399,6 @@ def create_app(state: ServiceState) -> FastAPI:
     app.add_middleware(HeaderLimit)
     app.add_middleware(StopAnswer)
     app.add_middleware(NoSniff)
-    return app
 
 
 def _queue_full(queue: CaptionQueue) -> RequestError:

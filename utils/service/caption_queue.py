@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from utils.captioner import Captioned, Captioner, CaptionResult, GivenUp, ModelInput
 from utils.decoding.options import DecodingOptions
-from utils.errors import CaptionError
+from utils.engine.captioner import Captioned, Captioner, CaptionItem, CaptionResult, GivenUp, ModelInput
 from utils.service.decode_lanes import DecodeLanes, decode
-from utils.stopping import StopRequest, join_unless_insisted
+from utils.support.errors import CaptionError
+from utils.support.stopping import StopRequest, join_unless_insisted
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class CaptionQueue:
         self._caption_s = _FIRST_GUESS_S  # a moving average of one caption's model time
         self._abandon = StopRequest()  # set only to give up on the model runs in progress (a second signal)
         self._lanes = DecodeLanes(max(2, captioner.workers))
-        self._results = captioner.caption_many(self._jobs(), read=_decoded, options_of=lambda job: job.options,
+        self._results = captioner.caption_many((CaptionItem(job, _decoded, job.options) for job in self._jobs()),
                                                ordered=False, stop=self._abandon)
         self._thread = threading.Thread(target=self._answer, name="caption-queue", daemon=True)
         self._thread.start()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.preprocess import decode_image_bytes, preprocess
+from utils.engine.preprocess import decode_image_bytes, preprocess
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from utils.service.uploads import RequestError
-from utils.text import shortened
+from utils.support.text import shortened
 
 MAX_DEPTH = 32  # arrays and objects inside one another
 MAX_VALUES = 10_000  # keys and values in the whole body (an Ollama or OpenAI request has a few dozen)

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from utils.service import openai
-from utils.service.options import MAX_HEADER_BYTES, MAX_HEADERS
+from utils.service.job import MAX_HEADER_BYTES, MAX_HEADERS
 
 OPEN_PATHS = frozenset({"/healthz"})  # answered without the token: a liveness probe has none
 NOSNIFF = (b"x-content-type-options", b"nosniff")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from utils.captioner import CaptionResult
+from utils.engine.captioner import CaptionResult
 from utils.service import base64_image, json_body
 from utils.service.json_body import LongString
 from utils.service.uploads import RequestError, Upload

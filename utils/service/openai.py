@@ -23,13 +23,13 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from utils.captioner import CaptionResult
 from utils.decoding.options import MAX_BEAM_SIZE, MAX_SEED, TEMPERATURE_RANGE, DecodingOptions
+from utils.engine.captioner import CaptionResult
 from utils.service import base64_image, json_body
 from utils.service.json_body import LongString
 from utils.service.ollama import MAX_MODEL_CHARS
 from utils.service.uploads import RequestError, Upload
-from utils.text import shortened
+from utils.support.text import shortened
 
 # The paths whose refusals (the token's 401 included) are OpenAI's shape.
 PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/models")

@@ -21,7 +21,7 @@ from utils.decoding.options import (
     LengthPenalty,
     SampleMethod,
 )
-from utils.text import printable
+from utils.support.text import printable, shortened
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -37,14 +37,14 @@ def _boolean(text: str) -> bool:
         return True
     if text.lower() in _FALSE:
         return False
-    raise ValueError(f"must be true or false, got {text[:_MAX_SHOWN]!r}")
+    raise ValueError(f"must be true or false, got {shortened(text, _MAX_SHOWN)!r}")
 
 
 def _integer(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"must be a whole number, got {text[:_MAX_SHOWN]!r}") from None
+        raise ValueError(f"must be a whole number, got {shortened(text, _MAX_SHOWN)!r}") from None
 
 
 def _optional_integer(text: str) -> int | None:
@@ -55,9 +55,9 @@ def _number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"must be a number, got {text[:_MAX_SHOWN]!r}") from None
+        raise ValueError(f"must be a number, got {shortened(text, _MAX_SHOWN)!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"must be a finite number, got {text[:_MAX_SHOWN]!r}")
+        raise ValueError(f"must be a finite number, got {shortened(text, _MAX_SHOWN)!r}")
     return value
 
 
@@ -102,7 +102,7 @@ def decoding_options(query: Iterable[tuple[str, str]], defaults: DecodingOptions
     given: dict[str, Any] = {}
     for name, text in query:
         if name not in known:
-            raise OptionError(f"unknown option {printable(name[:_MAX_SHOWN])!r}; the options are {', '.join(known)}")
+            raise OptionError(f"unknown option {shortened(name, _MAX_SHOWN)!r}; the options are {', '.join(known)}")
         if name in given:
             raise OptionError(f"{name} is given twice")
         try:

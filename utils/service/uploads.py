@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from utils.service.options import MAX_NAME_CHARS, MB
-from utils.text import printable, shortened
+from utils.service.job import MAX_NAME_CHARS, MB
+from utils.support.text import printable, shortened
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks

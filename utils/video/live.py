@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.captioner import CaptionResult
-from utils.stopping import StopRequest, join_unless_insisted
+from utils.engine.captioner import CaptionResult
+from utils.support.stopping import StopRequest, join_unless_insisted
 from utils.video.source import Frame
 
 

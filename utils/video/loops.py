@@ -21,10 +21,10 @@ from typing import TextIO
 
 import numpy as np
 
-from utils.captioner import Captioner, CaptionResult
+from utils.engine.captioner import Captioner, CaptionResult
 from utils.output.captions_file import open_writers
-from utils.records import RunSummary
-from utils.stopping import StopRequest
+from utils.output.records import RunSummary
+from utils.support.stopping import StopRequest
 from utils.video.job import DEFAULT_INTERVAL, End, VideoJob, VideoStats
 from utils.video.live import CaptionEvent, CaptionFn, LatestFrameWorker, caption_frame
 from utils.video.presenter import Observer, Presenter

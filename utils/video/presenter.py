@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from utils.captioner import Captioner
-from utils.drawing import draw_caption
+from utils.engine.captioner import Captioner
 from utils.output.formats import ResultWriter
-from utils.records import CaptionRecord, VideoPosition
-from utils.stopping import StopRequest
+from utils.output.records import CaptionRecord, VideoPosition
+from utils.support.drawing import draw_caption
+from utils.support.stopping import StopRequest
 from utils.video.job import End, VideoJob, VideoStats
 from utils.video.live import CaptionEvent
 from utils.video.source import Frame, VideoSource

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from utils.captioner import Captioner, CaptionerOptions
+from utils.engine.captioner import Captioner, CaptionerOptions
 from utils.output.captions_file import check_captions_file
 from utils.output.formats import format_time
-from utils.stopping import stop_requests
+from utils.support.stopping import stop_requests
 from utils.video.job import VideoJob, VideoStats
 from utils.video.loops import process_video
 from utils.video.source import VideoSource, open_source
@@ -70,7 +70,7 @@ def run_video(job: VideoJob, options: CaptionerOptions, out: TextIO = sys.stdout
         raise
     # From here on a signal never raises: the first stops the loop after the current frame, a second
     # stops its waits at once; either way the run ends here, with the video closed and the captions
-    # file committed (utils/stopping.py).
+    # file committed (utils/support/stopping.py).
     with stop_requests() as stop:
         try:
             stats = process_video(job, captioner, source, video_out, window, out, stop)

@@ -21,8 +21,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from utils.errors import CaptionError
-from utils.preprocess import as_bgr
+from utils.engine.preprocess import as_bgr
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 

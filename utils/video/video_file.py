@@ -24,9 +24,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.errors import CaptionError
 from utils.files.atomic import commit, create_temp_beside
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 

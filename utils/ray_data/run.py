@@ -1,9 +1,10 @@
 """-i PATHS --ray [ADDRESS]: image mode on a Ray cluster, with Ray Data doing the distribution
 (docs/large-runs.md). This process, the driver, lists every input on its own (local paths, or any URI
 pyarrow reads: s3://, gs://, ...), Ray's tasks read the files, ``BatchCaptioner`` actors caption them
-(utils/batch.py), and the driver writes the rows as they come into one --captions-file: Parquet, JSON
-Lines, CSV or TSV, atomically as always. Every input is a row: one that cannot be listed, opened or read
-is that row's error, and the others go on.
+(utils/ray_data/batch.py), and the driver writes the records as they come into one --captions-file through
+image mode's own writers (utils/output/): Parquet, JSON Lines, CSV or TSV, the same columns, atomically
+as always. Every input is a record: one that cannot be listed, opened or read is that record's error,
+and the others go on.
 
 Ray's own retries make the run whole: a task whose actor dies (a killed process, a lost node) is run
 again on a restarted actor, and only a task that finished hands its rows on, so no caption is lost and
@@ -15,6 +16,7 @@ named here, and tests/test_ray.py kills an actor to hold Ray to them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -32,21 +34,23 @@ from typing import Any
 
 import numpy as np
 
-from utils.batch import BatchCaptioner
-from utils.caption_types import CaptionerOptions, default_workers
-from utils.decoding.options import DecodingOptions
-from utils.errors import CaptionError, first_line
+from utils.engine.caption_types import CaptionerOptions, CaptionResult, default_workers
+from utils.engine.limits import MAX_IMAGE_PIXELS_ENV, decoding_limit
+from utils.engine.preprocess import read_image_bytes, size_problem
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
-from utils.inputs import IMAGE_EXTENSIONS, expand_inputs, is_image_name
-from utils.limits import MAX_IMAGE_PIXELS_ENV, decoding_limit
-from utils.output.rows import OUTPUT_FORMATS, RowsFile
-from utils.preprocess import read_image_bytes, size_problem
-from utils.stopping import program_interrupts
-from utils.text import printable, shortened
+from utils.images.inputs import IMAGE_EXTENSIONS, expand_inputs, is_image_name
+from utils.images.steps.registry import table_columns
+from utils.output.captions_file import open_writers
+from utils.output.records import CaptionRecord, RunSummary
+from utils.ray_data.batch import BatchCaptioner
+from utils.ray_data.job import OUTPUT_FORMATS, RayJob
+from utils.support.errors import CaptionError, first_line
+from utils.support.stopping import program_interrupts
+from utils.support.text import shortened
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INSTALL = "python3 -m pip install -r requirements-ray.txt"
 # Rows per actor call: at most a few seconds of work with the full-size models, so that a killed actor
 # costs little to redo, while Ray's per-call overhead (milliseconds) stays small beside it; and for a
@@ -78,16 +82,7 @@ RUNTIME_FOLDER_PREFIX = "ray-"
 URI_CHARACTERS = ":/?#[]@!$&'()*+,;=%~"
 FOLDER_KINDS = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 
-__all__ = ["OUTPUT_FORMATS", "RayJob", "local_runtime", "read_files", "run_ray"]
-
-
-@dataclass(frozen=True)
-class RayJob:
-    inputs: list[str]
-    address: str | None  # as ray.init takes it; None: a local Ray runtime on this machine
-    captions_file: Path
-    actors: int | None = None  # None: one per two of the cluster's CPUs (default_workers)
-    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+__all__ = ["OUTPUT_FORMATS", "local_runtime", "read_files", "run_ray"]
 
 
 def require_ray() -> ModuleType:
@@ -124,17 +119,21 @@ def run_ray(job: RayJob, options: CaptionerOptions) -> int:
     # verified like every model file), so a shared file system holds one copy for all.
     model_dir = (options.model_dir or _default_model_dir()).resolve()
     failed = bool(listing.unlisted)
-    with _ray_warnings(), _ray_runtime(ray, job.address), RowsFile(job.captions_file) as out:
-        for name, error in listing.unlisted:
-            logger.error("%s", printable(error))
-            out.write(name, None, None, error)
+    written = 0
+    # Nothing on stdout (out=None): its writer only logs each failed input, as image mode's does.
+    with _ray_warnings(), _ray_runtime(ray, job.address), \
+            open_writers("text", None, job.captions_file, columns=table_columns()) as out:
+        out.begin(len(listing.unlisted) + len(listing.rows))
+        records: Iterator[CaptionRecord] = (CaptionRecord(name, None, error) for name, error in listing.unlisted)
         if listing.rows:
-            for row in _captioned(ray, job, replace(options, model_dir=model_dir, progress=False), listing):
-                if row[3] is not None:
-                    logger.error("%s", printable(row[3]))
-                    failed = True
-                out.write(*row)
-        logger.info("%d rows written to %s", out.rows, job.captions_file)
+            records = itertools.chain(records, _captioned(
+                ray, job, replace(options, model_dir=model_dir, progress=False), listing))
+        for record in records:
+            failed |= record.error is not None
+            out.write(record)
+            written += 1
+        out.end(RunSummary(model=options.model))
+        logger.info("%d records written to %s", written, job.captions_file)
     return 1 if failed else 0
 
 
@@ -392,9 +391,8 @@ def _check_reachable(address: str, where: str) -> None:
                            "there, and is that its GCS port?") from None
 
 
-def _captioned(ray: Any, job: RayJob, options: CaptionerOptions,
-               listing: Listing) -> Iterator[tuple[str, str | None, float | None, str | None]]:
-    """(input, caption, confidence, error) of every listed file, in input order, as the actors finish them."""
+def _captioned(ray: Any, job: RayJob, options: CaptionerOptions, listing: Listing) -> Iterator[CaptionRecord]:
+    """The record of every listed file, in input order, as the actors finish them."""
     files = len(listing.rows)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     # No more actors than files: each one loads the models, and one with nothing to do holds its cores.
@@ -421,7 +419,8 @@ def _captioned(ray: Any, job: RayJob, options: CaptionerOptions,
     data = rows.map_batches(read_files, fn_kwargs={"filesystems": listing.filesystems}, num_cpus=0,
                             concurrency=actors, batch_size=None, batch_format="numpy")
     captions = data.map_batches(
-        BatchCaptioner, fn_constructor_kwargs={"options": options, "decoding": job.decoding, "drop": ("bytes",)},
+        BatchCaptioner, fn_constructor_kwargs={"options": options, "decoding": job.decoding, "drop": ("bytes",),
+                                               "records": True},
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, batch_size=batch_rows,
         batch_format="numpy")
     received = 0
@@ -429,20 +428,24 @@ def _captioned(ray: Any, job: RayJob, options: CaptionerOptions,
         for batch in captions.iter_batches(batch_format="numpy", batch_size=None):
             received += len(batch["path"])
             logger.debug("%d rows captioned", received)
-            for path, caption, confidence, error in zip(batch["path"], batch["caption"], batch["confidence"],
-                                                        batch["error"], strict=True):
-                yield _row(path, caption, confidence, error)
+            for row in zip(batch["path"], batch["caption"], batch["confidence"], batch["error"], batch["indices"],
+                           batch["backend"], strict=True):
+                yield _record(options.model, *row)
     except CaptionError:
         raise
     except Exception as exc:  # an actor that cannot load the models, a lost cluster, ...
         raise CaptionError(f"the Ray run failed: {shortened(_cause(exc), MAX_SHOWN_ERROR)}") from None
 
 
-def _row(path: Any, caption: Any, confidence: Any, error: Any) -> tuple[str, str | None, float | None, str | None]:
-    """One output row with plain values: Ray hands a column that is None throughout back as NaN floats."""
-    text = caption if isinstance(caption, str) else None
-    value = float(confidence) if text is not None and confidence is not None and np.isfinite(confidence) else None
-    return str(path), text, value, error if isinstance(error, str) else None
+def _record(model: str, path: Any, caption: Any, confidence: Any, error: Any, indices: Any,
+            backend: Any) -> CaptionRecord:
+    """One row as image mode's record, with plain values: Ray hands a column that is None throughout back
+    as NaN floats. The actors send back no timings: a --ray record's ``timings`` are empty."""
+    if not isinstance(caption, str):
+        return CaptionRecord(str(path), None, error if isinstance(error, str) else "no caption")
+    value = float(confidence) if confidence is not None and np.isfinite(confidence) else None
+    words = [int(i) for i in indices] if indices is not None else []
+    return CaptionRecord(str(path), CaptionResult(caption, words, value, {}, model=model, backend=str(backend)))
 
 
 def _cause(exc: BaseException) -> str:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from utils.errors import CaptionError, UsageError
 from utils.evaluation.options import EvaluationOptions
-from utils.inputs import InputItem
-from utils.records import Section
-from utils.steps import CaptionedImage, Step
+from utils.images.inputs import InputItem
+from utils.images.steps import CaptionedImage, Step
+from utils.output.records import Section
+from utils.support.errors import CaptionError, UsageError
 
 if TYPE_CHECKING:
     from utils.evaluation.references import References
-    from utils.image_job import ImageJob
+    from utils.images.job import ImageJob
 
 
 class ScoreCaptions(Step):

@@ -3,11 +3,11 @@ is one module in this package and one entry here."""
 
 from __future__ import annotations
 
-from utils.steps import Step
-from utils.steps.benchmark import Benchmark
-from utils.steps.metadata import WriteMetadata
-from utils.steps.save import SaveImage
-from utils.steps.scores import ScoreCaptions
+from utils.images.steps import Step
+from utils.images.steps.benchmark import Benchmark
+from utils.images.steps.metadata import WriteMetadata
+from utils.images.steps.save import SaveImage
+from utils.images.steps.scores import ScoreCaptions
 
 STEPS: list[type[Step]] = [SaveImage, Benchmark, WriteMetadata, ScoreCaptions]
 

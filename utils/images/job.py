@@ -13,7 +13,7 @@ from utils.metadata import MetadataOptions
 @dataclass(frozen=True)
 class ImageJob:
     inputs: list[str]
-    savepath: Path | None = None  # the annotated copies (utils/steps/save.py)
+    savepath: Path | None = None  # the annotated copies (utils/images/steps/save.py)
     format: str = "text"  # a name in utils.output.formats.FORMATS
     captions_file: Path | None = None  # also write the records here, in its extension's format
     resume: bool = False  # append to captions_file as inputs finish, skipping the inputs it records as done

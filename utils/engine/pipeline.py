@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from utils.errors import CaptionError
-from utils.stopping import StopRequest, join_unless_insisted
+from utils.support.errors import CaptionError
+from utils.support.stopping import StopRequest, join_unless_insisted
 
 T = TypeVar("T")  # an input item
 P = TypeVar("P")  # a prepared item

@@ -1,5 +1,5 @@
 """Image mode (-i): caption files, folders and patterns in input order, run the per-image steps on each
-(utils/steps/), and write one record per input."""
+(utils/images/steps/), and write one record per input."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from utils.captioner import Captioned, Captioner, CaptionerOptions
-from utils.errors import CaptionError
-from utils.image_job import ImageJob
-from utils.inputs import InputItem, expand_inputs
+from utils.engine.captioner import Captioned, Captioner, CaptionerOptions, CaptionItem
+from utils.images.inputs import InputItem, expand_inputs
+from utils.images.job import ImageJob
+from utils.images.steps import CaptionedImage, Step, registry
 from utils.output.captions_file import check_captions_file, file_format, open_writers
+from utils.output.records import CaptionRecord, RunSummary, Section
 from utils.output.resume import read_resumable
-from utils.records import CaptionRecord, RunSummary, Section
-from utils.steps import CaptionedImage, Step, registry
-from utils.stopping import Interrupted, StopRequest, stop_requests
-from utils.text import printable
+from utils.support.errors import CaptionError
+from utils.support.stopping import Interrupted, StopRequest, stop_requests
+from utils.support.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdou
     resumable = None
     if job.resume and job.captions_file is not None:
         # Inputs the file records as done are left out of this run: not read, not captioned, not printed.
-        resumable = read_resumable(job.captions_file, file_format(job.captions_file) or "")
+        resumable = read_resumable(job.captions_file, file_format(job.captions_file) or "", registry.table_columns())
         items = [item for item in items if item.name not in resumable.done]
         todo = [item for item in items if item.path is not None]
         logger.info("%d of %d inputs are done in %s", listed - len(items), listed, job.captions_file)
@@ -56,8 +56,9 @@ def run_images(job: ImageJob, options: CaptionerOptions, out: TextIO = sys.stdou
     failed = False
     retried = {item.name for item in items}
     # On Ctrl-C or SIGTERM the photo at hand is finished (saved, its metadata written, its record
-    # printed), the workers finish theirs, and the run stops there (utils/stopping.py).
-    with stop_requests() as stop, open_writers(job.format, out, job.captions_file, resumable, retried) as writer, \
+    # printed), the workers finish theirs, and the run stops there (utils/support/stopping.py).
+    with stop_requests() as stop, open_writers(job.format, out, job.captions_file, resumable, retried,
+                                                     registry.table_columns()) as writer, \
             _running(steps, captioner):
         writer.begin(listed)
         with tqdm(total=len(items), unit="image", file=sys.stderr, disable=True if len(items) < 2 else None,
@@ -130,8 +131,9 @@ def _records(captioner: Captioner | None, job: ImageJob, items: list[InputItem],
         return
     repeats = max(step.runs_per_image for step in steps) if steps else 1
     keep_images = any(step.needs_image for step in steps)
-    results = captioner.caption_many((item.path for item in items if item.path is not None and item not in skipped),
-                                     job.decoding, keep_images=keep_images, stop=stop, repeats=repeats)
+    results = captioner.caption_many((CaptionItem(item.path, keep_image=keep_images) for item in items
+                                      if item.path is not None and item not in skipped),
+                                     job.decoding, stop=stop, repeats=repeats)
     # Closed however this generator ends: the workers are joined before the run goes on (a thread left in
     # ONNX Runtime would have the runtime torn down under it at exit).
     with contextlib.closing(results):

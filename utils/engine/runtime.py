@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from utils.errors import CaptionError, exception_chain, first_line
+from utils.support.errors import CaptionError, exception_chain, first_line
 
 if TYPE_CHECKING:
     import numpy as np

@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.errors import CaptionError
-from utils.limits import decoding_limit
+from utils.engine.limits import decoding_limit
+from utils.support.errors import CaptionError
 
 INPUT_WIDTH = 640
 # The most pixels the feature model is given. The demo's rule only narrows images wider than 640 px, so
@@ -59,7 +59,7 @@ _READ_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file to a BGR (or grey) array, 8- or 16-bit, EXIF orientation applied. Safe to
     call from several threads at once. libpng's warnings about harmless defects reach stderr unless the
-    caller silences them (utils/stderr.py)."""
+    caller silences them (utils/support/stderr.py)."""
     return decode_image_bytes(read_image_bytes(path), str(path))
 
 

@@ -1,6 +1,6 @@
 """Per-image steps: what image mode does with each captioned image besides printing its caption.
 
-A step is one class in one module, registered in ``STEPS`` (utils/steps/registry.py). It is made from
+A step is one class in one module, registered in ``STEPS`` (utils/images/steps/registry.py). It is made from
 the job (``from_job``, None when the job does not ask for it), checks its options before any model
 loads (``check``), may take inputs off the captioner's hands (``skip``: a photo already done
 needs no caption), holds its resources from ``start`` to ``close``, runs on each captioned image in
@@ -16,15 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from utils.caption_types import CaptionResult
-from utils.inputs import InputItem
-from utils.records import Section
+from utils.engine.caption_types import CaptionResult
+from utils.images.inputs import InputItem
+from utils.output.records import Section
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from utils.captioner import Captioner
-    from utils.image_job import ImageJob
+    from utils.engine.captioner import Captioner
+    from utils.images.job import ImageJob
 
 
 @dataclass(frozen=True)

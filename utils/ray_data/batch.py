@@ -6,8 +6,10 @@ with a ``path`` column and either ``bytes`` (each image file's bytes, as ``read_
 them; decoded exactly as the command line decodes files) or ``image`` (decoded RGB arrays, as
 ``read_images`` gives them). The same batch comes back with three columns more: ``caption`` (text, or
 None), ``confidence`` (float, NaN where there is no caption) and ``error`` (None, or why that row has
-no caption). A row that cannot be decoded or captioned fails alone: its error stays in its row. A batch
-may bring an ``error`` column of its own (a read step before this one: utils/ray_images.py): a row with
+no caption); with ``records=True`` also ``indices`` (the caption's vocabulary indices, or None) and
+``backend`` (the runtime that made it), which a caption record holds (utils/output/records.py). A row
+that cannot be decoded or captioned fails alone: its error stays in its row. A batch
+may bring an ``error`` column of its own (a read step before this one: utils/ray_data/run.py): a row with
 an error there keeps it and is not captioned.
 """
 
@@ -18,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from utils.captioner import Captioner, CaptionerOptions
 from utils.decoding.options import DecodingOptions
-from utils.errors import CaptionError, first_line
-from utils.preprocess import decode_image_bytes
-from utils.text import shortened
+from utils.engine.captioner import Captioner, CaptionerOptions, CaptionItem
+from utils.engine.preprocess import decode_image_bytes
+from utils.support.errors import CaptionError, first_line
+from utils.support.text import shortened
 
 MAX_ERROR_CHARS = 500  # a row's error: one line, about a file and what to do
 
@@ -32,21 +34,26 @@ class BatchCaptioner:
     the node it runs on, and verified as everywhere), then captions batch after batch."""
 
     def __init__(self, options: CaptionerOptions | None = None, decoding: DecodingOptions | None = None,
-                 drop: Sequence[str] = ()) -> None:
+                 drop: Sequence[str] = (), records: bool = False) -> None:
         self.captioner = Captioner(options)
         self.decoding = decoding or DecodingOptions()
         self.drop = tuple(drop)  # columns left out of the result (the image bytes, once captioned)
+        self.records = records  # also the columns a caption record needs: indices, backend
 
     def __call__(self, batch: Any) -> Any:
         columns = batch if isinstance(batch, dict) else {name: batch[name].to_numpy() for name in batch.columns}
-        captions, confidences, errors = self.caption_columns(columns)
+        captions, confidences, errors, indices = self.caption_columns(columns)
         added = {"caption": captions, "confidence": confidences, "error": errors}
+        if self.records:
+            added["indices"] = indices
+            added["backend"] = np.full(len(captions), self.captioner.backend, dtype=object)
         if isinstance(batch, dict):
             return {**{k: v for k, v in batch.items() if k not in self.drop}, **added}
         return batch.drop(columns=[c for c in self.drop if c in batch.columns]).assign(**added)
 
-    def caption_columns(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The caption, confidence and error of each row of ``columns``, in row order."""
+    def caption_columns(self, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                          np.ndarray]:
+        """The caption, confidence, error and indices of each row of ``columns``, in row order."""
         if "path" not in columns:
             raise CaptionError("the batch has no 'path' column")
         kind = "bytes" if "bytes" in columns else "image" if "image" in columns else None
@@ -57,6 +64,7 @@ class BatchCaptioner:
         captions = np.full(rows, None, dtype=object)
         confidences = np.full(rows, np.nan, dtype=np.float64)
         errors = np.full(rows, None, dtype=object)
+        indices = np.full(rows, None, dtype=object)
         todo: list[int] = []  # the rows to caption: those that bring no error of their own
         given = columns.get("error")
         for row in range(rows):
@@ -74,7 +82,7 @@ class BatchCaptioner:
             except Exception as exc:  # a value of another type in the column: that row's problem only
                 raise CaptionError(f"{shortened(str(paths[row]), MAX_ERROR_CHARS)}: {first_line(exc)}") from None
 
-        for done in self.captioner.caption_many(todo, self.decoding, read=read):
+        for done in self.captioner.caption_many((CaptionItem(row, read) for row in todo), self.decoding):
             row = done.source
             if done.result is None:
                 message = str(done.error) if done.error is not None else "no caption"
@@ -82,9 +90,10 @@ class BatchCaptioner:
                 errors[row] = shortened(message if named else f"{paths[row]}: {message}", MAX_ERROR_CHARS)
                 continue
             captions[row] = done.result.caption
+            indices[row] = done.result.indices
             if done.result.confidence is not None:
                 confidences[row] = done.result.confidence
-        return captions, confidences, errors
+        return captions, confidences, errors, indices
 
 
 def _decoded(data: Any, name: str) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 The port is bound first (a port in use is one line at once), and uvicorn serves from its own thread
 while the main thread loads the models, so /healthz answers 503 until they are loaded. Because uvicorn
-runs outside the main thread it installs no signal handlers of its own: the program's (utils/stopping.py)
+runs outside the main thread it installs no signal handlers of its own: the program's (utils/support/stopping.py)
 stay in charge. During loading a signal stops the program as it stops any other (exit status 128 + n);
 once the service is up, the first signal makes uvicorn stop accepting connections and finish the
 requests in flight (each bounded by the client and request time limits), and the program exits 0; a
@@ -19,13 +19,13 @@ from collections.abc import Callable
 
 import uvicorn
 
-from utils.captioner import Captioner, CaptionerOptions
-from utils.errors import CaptionError
+from utils.engine.captioner import Captioner, CaptionerOptions
 from utils.service.app import ServiceState, create_app
 from utils.service.caption_queue import CaptionQueue
-from utils.service.options import MAX_HEADER_BYTES, Address, ServiceOptions
+from utils.service.job import MAX_HEADER_BYTES, Address, ServiceOptions
 from utils.service.protocol import service_protocol
-from utils.stopping import Interrupted, stop_requests
+from utils.support.errors import CaptionError
+from utils.support.stopping import Interrupted, stop_requests
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from utils.text import shortened
+from utils.support.text import shortened
 
 BUG_CHARS = 200  # a bug's message, in its one line
 

@@ -6,12 +6,12 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from utils.records import Section, rounded
-from utils.steps import CaptionedImage, Step
+from utils.images.steps import CaptionedImage, Step
+from utils.output.records import Section, rounded
 
 if TYPE_CHECKING:
-    from utils.captioner import Captioner
-    from utils.image_job import ImageJob
+    from utils.engine.captioner import Captioner
+    from utils.images.job import ImageJob
 
 Stats = dict[str, float]  # min, median, max
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import onnx
 
 from models import MIRROR_ENV, FileKind, ModelFile, ModelSet
-from utils.download import download, is_https
-from utils.errors import CaptionError, first_line
+from utils.engine.download import download, is_https
 from utils.files.atomic import write_atomic
 from utils.files.lock import folder_lock
+from utils.support.errors import CaptionError, first_line
 from vocab import Vocabulary, vocabulary_from_bytes
 
 logger = logging.getLogger(__name__)

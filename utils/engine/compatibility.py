@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.errors import CaptionError
+from utils.engine.runtime import Backend
 from utils.quantization import Precision
-from utils.runtime import Backend
+from utils.support.errors import CaptionError
 
 
 class OptionConflict(CaptionError, ValueError):

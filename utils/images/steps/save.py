@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from utils.errors import CaptionError
 from utils.files.atomic import write_atomic
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
-from utils.inputs import InputItem
-from utils.records import Section
-from utils.steps import CaptionedImage, Step
+from utils.images.inputs import InputItem
+from utils.images.steps import CaptionedImage, Step
+from utils.output.records import Section
+from utils.support.errors import CaptionError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from utils.image_job import ImageJob
+    from utils.images.job import ImageJob
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ class SaveImage(Step):
         t0 = time.perf_counter()
         path = self._outputs.get(image.item)
         if path is not None and image.image is not None:
-            from utils.drawing import draw_caption  # OpenCV is imported when an image is saved, not before
-            from utils.preprocess import as_bgr
+            from utils.engine.preprocess import as_bgr
+            from utils.support.drawing import draw_caption  # OpenCV is imported when an image is saved, not before
 
             save_image(path, draw_caption(as_bgr(image.image), image.result.caption))
         return SavedImage(path, 1e3 * (time.perf_counter() - t0))

@@ -1,5 +1,5 @@
 """What the Python API is asked and what it answers: ``CaptionerOptions``, ``CaptionResult``, and the
-worker count for this machine. Kept apart from utils/captioner.py, which loads the runtimes, so that the
+worker count for this machine. Kept apart from utils/engine/captioner.py, which loads the runtimes, so that the
 command line parses its options and reports usage errors without importing them."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models import DEFAULT_DECODER
-from utils.compatibility import Combination, check
+from utils.engine.compatibility import Combination, check
+from utils.engine.runtime import RuntimeOptions
 from utils.quantization import PRECISIONS, Precision
-from utils.runtime import RuntimeOptions
 
 MAX_WORKERS = 64  # each worker holds its own sessions: ~0.2 GB at fp32 (docs/performance.md#folders-several-workers)
 

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from utils.errors import CaptionError
 from utils.files.atomic import commit, create_temp_beside
+from utils.support.errors import CaptionError
 
 logger = logging.getLogger(__name__)
 

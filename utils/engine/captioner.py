@@ -9,12 +9,16 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 import numpy as np
 
 from models import ModelFile, default_model_dir, imported_names, is_imported, model_choices, model_set
-from utils.caption_types import (  # noqa: F401  (MAX_WORKERS, default_workers: the API's, from here too)
+from utils.decoding.decoder import CaptionDecoder, StepModelFactory
+from utils.decoding.graph import GreedyGraphDecoder
+from utils.decoding.options import DecodingOptions
+from utils.decoding.step_model import OrtStepModel
+from utils.engine.caption_types import (  # noqa: F401  (MAX_WORKERS, default_workers: the API's, from here too)
     MAX_WORKERS,
     CaptionerOptions,
     CaptionResult,
@@ -23,18 +27,14 @@ from utils.caption_types import (  # noqa: F401  (MAX_WORKERS, default_workers: 
     combination,
     default_workers,
 )
-from utils.compatibility import runtimes
-from utils.decoding.decoder import CaptionDecoder, StepModelFactory
-from utils.decoding.graph import GreedyGraphDecoder
-from utils.decoding.options import DecodingOptions
-from utils.decoding.step_model import OrtStepModel
-from utils.errors import CaptionError
-from utils.model_files import VerifiedFile, load_model_set
-from utils.pipeline import ordered_map
-from utils.preprocess import preprocess, read_image
+from utils.engine.compatibility import runtimes
+from utils.engine.model_files import VerifiedFile, load_model_set
+from utils.engine.pipeline import ordered_map
+from utils.engine.preprocess import preprocess, read_image
+from utils.engine.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, first_input, require_ailia
 from utils.quantization.models import int8_models
-from utils.runtime import AiliaNetwork, Network, OnnxRuntimeNetwork, first_input, require_ailia
-from utils.stopping import StopRequest
+from utils.support.errors import CaptionError
+from utils.support.stopping import StopRequest
 from vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,10 @@ T = TypeVar("T")
 class Captioned(Generic[T]):
     """One image of ``Captioner.caption_many``: its caption, or why it has none."""
 
-    source: T  # the item as given (an image, or what ``read`` was given)
+    source: T  # the item as given (an image), or its ``CaptionItem.source``
     result: CaptionResult | None
     error: CaptionError | None = None
-    image: np.ndarray | None = None  # the decoded image, with keep_images=True
+    image: np.ndarray | None = None  # the decoded image, with ``CaptionItem(keep_image=True)``
     runs: tuple[dict[str, float], ...] = ()  # each run's timings (several with ``repeats``)
 
 
@@ -59,13 +59,26 @@ def _wanted() -> bool:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """An image its caller has decoded and preprocessed already (a service's decoding threads), as
-    ``caption_many``'s ``read`` may give it: the model input, what it cost (milliseconds), and ``claim``,
+    """An image its caller has decoded and preprocessed already (a service's decoding threads), as a
+    ``CaptionItem``'s ``read`` may give it: the model input, what it cost (milliseconds), and ``claim``,
     asked just before the model run whether the caption is still wanted."""
 
     chw: np.ndarray
     timings: dict[str, float]
     claim: Callable[[], bool] = _wanted
+
+
+@dataclass(frozen=True)
+class CaptionItem(Generic[T]):
+    """One item of ``Captioner.caption_many``, with what it needs besides the defaults: ``source`` is what
+    its ``Captioned.source`` gives back; ``read`` turns it into a BGR array or a ``ModelInput`` (None: a
+    ``Path`` is read with ``read_image``, an array used as it is); ``options`` decode it (None:
+    ``caption_many``'s); ``keep_image`` hands the decoded image back in its result (to draw on)."""
+
+    source: T
+    read: Callable[[T], np.ndarray | ModelInput] | None = None
+    options: DecodingOptions | None = None
+    keep_image: bool = False
 
 
 class GivenUp(CaptionError):
@@ -81,6 +94,10 @@ class _Prepared:
     timings: dict[str, float]
     options: DecodingOptions
     claim: Callable[[], bool] = _wanted
+
+
+def _as_item(item: T | CaptionItem[T]) -> CaptionItem[T]:
+    return item if isinstance(item, CaptionItem) else CaptionItem(item)
 
 
 def _image_of(source: object) -> np.ndarray:
@@ -190,44 +207,53 @@ class Captioner:
         return self._caption(self._workers[0], chw, options or DecodingOptions(),
                              {"preprocess": 1e3 * (time.perf_counter() - t0)})
 
-    def caption_many(self, images: Iterable[T], options: DecodingOptions | None = None,
-                     read: Callable[[T], np.ndarray | ModelInput] | None = None, keep_images: bool = False,
+    # The overloads are for the type checker only: given CaptionItem[X]s alone, mypy infers T = Never from the
+    # implementation's Iterable[T | CaptionItem[T]] (not X), so the first overload takes them.
+    @overload
+    def caption_many(self, items: Iterable[CaptionItem[T]], options: DecodingOptions | None = None,
                      stop: StopRequest | None = None, repeats: int = 1,
-                     options_of: Callable[[T], DecodingOptions] | None = None,
+                     ordered: bool = True) -> Generator[Captioned[T], None, None]: ...
+
+    @overload
+    def caption_many(self, items: Iterable[T | CaptionItem[T]], options: DecodingOptions | None = None,
+                     stop: StopRequest | None = None, repeats: int = 1,
+                     ordered: bool = True) -> Generator[Captioned[T], None, None]: ...
+
+    def caption_many(self, items: Iterable[T | CaptionItem[T]], options: DecodingOptions | None = None,
+                     stop: StopRequest | None = None, repeats: int = 1,
                      ordered: bool = True) -> Generator[Captioned[T], None, None]:
         """Caption many images with every worker at once, yielding the results in input order.
 
-        ``images`` are BGR arrays or image files (``Path``s, read with ``read_image``), or anything ``read``
-        turns into an array (or into a ``ModelInput``, preprocessed already); reading and preprocessing run
-        ahead of the models in threads of their own.
+        An item is a BGR array, an image file (a ``Path``, read with ``read_image``), or a ``CaptionItem``
+        saying what it needs besides: its own ``read`` (to an array, or to a ``ModelInput``, preprocessed
+        already), its own ``options`` (in place of ``options``), ``keep_image`` (its decoded image handed
+        back, to draw on, kept until the next result is asked for). A bare item is ``CaptionItem(item)``.
+        Reading and preprocessing run ahead of the models in threads of their own.
         An image that cannot be read or captioned gives a ``Captioned`` with ``error`` set, and the rest go
         on. Memory stays bounded however many images there are: a few images per worker are in flight at
-        a time, and ``images`` may be a lazy iterable. ``keep_images`` hands each decoded image back (to
-        draw on), at the cost of keeping it until the next result is asked for. ``repeats`` captions each
-        image that many times, read included, and gives every run's timings (a benchmark). Once ``stop``
-        is set (a Ctrl-C, utils/stopping.py), the results end early.
-
-        For a service's requests: ``options_of`` gives each item its own decoding options (in place of
-        ``options``), and ``ordered=False`` yields each result as soon as it is done, so that one slow
-        request holds back no other (``repeats`` must then be 1)."""
+        a time, and ``items`` may be a lazy iterable. ``repeats`` captions each image that many times,
+        read included, and gives every run's timings (a benchmark). Once ``stop`` is set (a Ctrl-C,
+        utils/support/stopping.py), the results end early. ``ordered=False`` yields each result as soon
+        as it is done, so that one slow item (a service's request) holds back no other (``repeats`` must
+        then be 1)."""
         if not ordered and repeats != 1:
             raise ValueError("caption_many: repeats needs the results in order (ordered=True)")
-        options = options or DecodingOptions()
-        as_image = read or _image_of
+        default = options or DecodingOptions()
 
-        def prepare(run: tuple[T, int]) -> _Prepared:
+        def prepare(run: tuple[CaptionItem[T], int]) -> _Prepared:
+            item = run[0]
             t0 = time.perf_counter()
-            image = as_image(run[0])
+            image = (item.read or _image_of)(item.source)
             t1 = time.perf_counter()
-            asked = options if options_of is None else options_of(run[0])
+            asked = default if item.options is None else item.options
             if isinstance(image, ModelInput):
                 return _Prepared(None, image.chw, dict(image.timings), asked, image.claim)
             if not isinstance(image, np.ndarray):
                 raise CaptionError(f"not an image array: {type(image).__name__}")
             chw = preprocess(image)
-            timings = {"read": 1e3 * (t1 - t0)} if image is not run[0] else {}
+            timings = {"read": 1e3 * (t1 - t0)} if image is not item.source else {}
             timings["preprocess"] = 1e3 * (time.perf_counter() - t1)
-            return _Prepared(image if keep_images else None, chw, timings, asked)
+            return _Prepared(image if item.keep_image else None, chw, timings, asked)
 
         def work_for(worker: _Worker) -> Callable[[_Prepared], tuple[np.ndarray | None, CaptionResult]]:
             def work(prepared: _Prepared) -> tuple[np.ndarray | None, CaptionResult]:
@@ -237,18 +263,18 @@ class Captioner:
 
             return work
 
-        runs = ((source, run) for source in images for run in range(repeats))
+        runs = ((item, run) for item in (_as_item(given) for given in items) for run in range(repeats))
         done_runs: list[dict[str, float]] = []
         error: CaptionError | None = None
         for done in ordered_map(runs, prepare, [work_for(w) for w in self._workers],
                                 readers=_readers(len(self._workers)), stop=stop, ordered=ordered):
-            source, run = done.item
+            item, run = done.item
             image, result = done.value if done.value is not None else (None, None)
             error = error or done.error
             if result is not None:
                 done_runs.append(result.timings)
             if run == repeats - 1:  # an image's runs come in a row: this was its last
-                yield Captioned(source, None if error else result, error, image, tuple(done_runs))
+                yield Captioned(item.source, None if error else result, error, image, tuple(done_runs))
                 done_runs, error = [], None
 
     def _caption(self, worker: _Worker, chw: np.ndarray, options: DecodingOptions,

@@ -1,7 +1,7 @@
 """What every output format is written from: one record per captioned image or video caption.
 
 A record is the caption (or why there is none) plus one ``Section`` per thing a per-image step did with
-it (utils/steps/: the annotated copy, the benchmark, the metadata). A section knows its own JSON, its
+it (utils/images/steps/: the annotated copy, the benchmark, the metadata). A section knows its own JSON, its
 note for people and its table cells, so the writers (utils/output/formats.py) render every section
 without knowing which step made it. Image mode and video mode write the same records.
 """
@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from utils.caption_types import CaptionResult
+from utils.engine.caption_types import CaptionResult
 
 
 class Section(ABC):

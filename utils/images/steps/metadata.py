@@ -6,16 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from utils.errors import CaptionError
-from utils.inputs import InputItem
+from utils.images.inputs import InputItem
+from utils.images.steps import CaptionedImage, Step
 from utils.metadata import MetadataOptions, MetadataResult, MetadataWriter, require_exiftool
 from utils.metadata.alt_text import described_photos
-from utils.records import Section
-from utils.steps import CaptionedImage, Step
-from utils.text import printable
+from utils.output.records import Section
+from utils.support.errors import CaptionError
+from utils.support.text import printable, shortened
 
 if TYPE_CHECKING:
-    from utils.image_job import ImageJob
+    from utils.images.job import ImageJob
 
 SHOWN_DESCRIPTION_CHARS = 200  # a description found in a photo is quoted this far in text output
 
@@ -44,8 +44,8 @@ class MetadataOutcome(Section):
             return None
         if r.action == "kept":
             return (f"metadata kept: {printable(str(r.target))} is already described as "
-                    f"{_shortened(r.existing or '')!r} (--overwrite-metadata replaces it)")
-        replaces = f", replacing {_shortened(r.existing)!r}" if r.existing else ""
+                    f"{shortened(r.existing or '', SHOWN_DESCRIPTION_CHARS)!r} (--overwrite-metadata replaces it)")
+        replaces = f", replacing {shortened(r.existing, SHOWN_DESCRIPTION_CHARS)!r}" if r.existing else ""
         return f"would write to {printable(str(r.target))}: {', '.join(r.fields)}{replaces}"
 
     def cells(self) -> tuple[Any, ...]:
@@ -56,9 +56,6 @@ class MetadataOutcome(Section):
         return self.failure
 
 
-def _shortened(text: str) -> str:
-    text = printable(text)
-    return text if len(text) <= SHOWN_DESCRIPTION_CHARS else text[:SHOWN_DESCRIPTION_CHARS] + "…"
 
 
 class WriteMetadata(Step):

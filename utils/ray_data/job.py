@@ -1,0 +1,21 @@
+"""What a ``--ray`` run is asked to do (docs/large-runs.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.decoding.options import DecodingOptions
+
+# The --captions-file formats --ray writes: image mode's, but for the ones a stream of records cannot
+# fill (text, subtitles).
+OUTPUT_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+
+
+@dataclass(frozen=True)
+class RayJob:
+    inputs: list[str]
+    address: str | None  # as ray.init takes it; None: a local Ray runtime on this machine
+    captions_file: Path
+    actors: int | None = None  # None: one per two of the cluster's CPUs (default_workers)
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
