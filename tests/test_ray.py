@@ -157,6 +157,36 @@ def test_ray_writes_the_tables_image_mode_writes(run_cli: RunCli, shared_models:
     assert by_input[0] == by_input[1] and len(by_input[0]) == 3
 
 
+def test_ray_resume_retries_failures_repairs_a_cut_line_and_refuses_a_foreign_file(
+        run_cli: RunCli, shared_models: Path, photos40: list[Path], plain40: Captions, tmp_path: Path) -> None:
+    later = tmp_path / "later.png"  # missing in the first run
+    out = tmp_path / "out.csv"
+    flags = ("--ray", "--captions-file", out, "--resume", "--model-dir", shared_models, "--offline", "--onnx")
+    proc = run_cli("-i", photos40[0], later, *flags, timeout=300)
+    assert proc.returncode == 1 and f"{later} does not exist" in proc.stderr, proc.stderr
+    shutil.copy(photos40[1], later)
+    with out.open("a", encoding="utf-8") as f:
+        f.write(f"{photos40[2]},a caption cut")  # the last line of a run killed while writing it
+    proc = run_cli("-i", photos40[0], later, photos40[2], *flags, timeout=300)
+    assert proc.returncode == 0 and "ended in a cut-off line" in proc.stderr, proc.stderr
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["input"] for r in rows] == [str(photos40[0]), str(later), str(photos40[2])]  # each once
+    assert all(r["error"] == "" for r in rows)
+    _assert_same([(r["input"], r["caption"], float(r["confidence"])) for r in rows],
+                 {str(photos40[0]): plain40[str(photos40[0])], str(later): plain40[str(photos40[1])],
+                  str(photos40[2]): plain40[str(photos40[2])]})
+    done = out.read_bytes()
+    proc = run_cli("-i", photos40[0], later, photos40[2], *flags)  # nothing left: no Ray runtime started
+    assert proc.returncode == 0 and proc.stderr == "" and out.read_bytes() == done
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("name,text\nx,y\n")
+    proc = run_cli("-i", photos40[0], "--ray", "--captions-file", foreign, "--resume", "--model-dir",
+                   shared_models, "--offline", "--onnx")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert foreign.read_text() == "name,text\nx,y\n"
+
+
 def _descendants_named(root: int, prefix: str) -> list[int]:
     """The processes under ``root`` whose command line starts with ``prefix`` (Ray names its actors'
     processes ray::CLASS), found through /proc: other Ray runtimes on this machine are not ours."""
@@ -232,7 +262,7 @@ def _usage_error(stderr: str) -> bool:
     (["-b"], "-b/--benchmark"),
     (["--format", "json"], "--format json"),
     (["--write-metadata"], "--write-metadata"),
-    (["--resume"], "--resume"),
+    (["--references", "refs.json", "--resume"], "--references"),
     (["--references", "refs.json"], "--references"),
     (["-v", "clip.mp4"], "video"),
 ])

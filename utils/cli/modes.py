@@ -81,7 +81,7 @@ FLAG_MODES: dict[str, frozenset[str]] = {
     **dict.fromkeys(("serve", "token", "allow_anonymous", "cors_origin", "max_upload_mb", "queue_size",
                      "request_timeout", "client_timeout"), frozenset({"serve"})),
     # large runs
-    "resume": IMAGES,
+    "resume": frozenset({"images", "ray"}),
     "ray": frozenset({"ray"}),
 }
 

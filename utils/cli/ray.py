@@ -33,4 +33,4 @@ def usage_error(args: argparse.Namespace) -> str | None:
 
 def job(args: argparse.Namespace) -> RayJob:
     return RayJob(inputs=args.input or [], address=args.ray or None, captions_file=Path(args.captions_file),
-                  actors=args.workers, decoding=decoding.options(args))
+                  actors=args.workers, decoding=decoding.options(args), resume=args.resume)

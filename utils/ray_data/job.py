@@ -19,3 +19,6 @@ class RayJob:
     captions_file: Path
     actors: int | None = None  # None: one per two of the cluster's CPUs (default_workers)
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    # Append each record to captions_file as it comes back, and leave out the inputs it records as done
+    # (utils/output/resume.py, as image mode's --resume).
+    resume: bool = False

@@ -16,6 +16,7 @@ named here, and tests/test_ray.py kills an actor to hold Ray to them.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import logging
 import os
@@ -40,8 +41,9 @@ from utils.engine.preprocess import read_image_bytes, size_problem
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
 from utils.images.inputs import IMAGE_EXTENSIONS, expand_inputs, is_image_name
 from utils.images.steps.registry import table_columns
-from utils.output.captions_file import open_writers
+from utils.output.captions_file import file_format, open_writers
 from utils.output.records import CaptionRecord, RunSummary
+from utils.output.resume import Resumable, read_resumable
 from utils.ray_data.batch import BatchCaptioner
 from utils.ray_data.job import OUTPUT_FORMATS, RayJob
 from utils.support.errors import CaptionError, first_line
@@ -115,14 +117,17 @@ def run_ray(job: RayJob, options: CaptionerOptions) -> int:
     check_output_slot(job.captions_file)
     check_writable_folder(job.captions_file.parent, "--captions-file")
     never_an_input([job.captions_file], listing.local_files(), "--captions-file")
+    resumable, retried = _resumed(job, listing)
     # The model folder the actors use: the same path on every node (found there or fetched to it, and
     # verified like every model file), so a shared file system holds one copy for all.
     model_dir = (options.model_dir or _default_model_dir()).resolve()
     failed = bool(listing.unlisted)
     written = 0
     # Nothing on stdout (out=None): its writer only logs each failed input, as image mode's does.
-    with _ray_warnings(), _ray_runtime(ray, job.address), \
-            open_writers("text", None, job.captions_file, columns=table_columns()) as out:
+    # Nothing left to caption (a resumed run that is done): no runtime to start.
+    runtime = _ray_runtime(ray, job.address) if listing.rows else contextlib.nullcontext()
+    with _ray_warnings(), runtime, \
+            open_writers("text", None, job.captions_file, resumable, retried, table_columns()) as out:
         out.begin(len(listing.unlisted) + len(listing.rows))
         records: Iterator[CaptionRecord] = (CaptionRecord(name, None, error) for name, error in listing.unlisted)
         if listing.rows:
@@ -135,6 +140,20 @@ def run_ray(job: RayJob, options: CaptionerOptions) -> int:
         out.end(RunSummary(model=options.model))
         logger.info("%d records written to %s", written, job.captions_file)
     return 1 if failed else 0
+
+
+def _resumed(job: RayJob, listing: Listing) -> tuple[Resumable | None, set[str]]:
+    """With --resume: what the captions file holds, the listing left without the inputs it records as
+    done, and the inputs whose failed records this run replaces."""
+    if not job.resume:
+        return None, set()
+    resumable = read_resumable(job.captions_file, file_format(job.captions_file) or "", table_columns())
+    listed = len(listing.rows) + len(listing.unlisted)
+    listing.rows = [row for row in listing.rows if row[0] not in resumable.done]
+    listing.unlisted = [row for row in listing.unlisted if row[0] not in resumable.done]
+    logger.info("%d of %d inputs are done in %s", listed - len(listing.rows) - len(listing.unlisted), listed,
+                job.captions_file)
+    return resumable, {name for name, _, _ in listing.rows} | {name for name, _ in listing.unlisted}
 
 
 def list_inputs(specs: list[str]) -> Listing:
@@ -369,13 +388,32 @@ def _ray_runtime(ray: Any, address: str | None) -> Iterator[None]:
             if address is None:
                 stack.enter_context(local_runtime(ray, **init))  # which cleans up after a failed start too
             else:
-                # --ray auto joins the cluster that `ray start` last started on this machine.
-                ray.init(address=address, include_dashboard=False, **init)
+                _join(ray, address, init)
                 stack.callback(ray.shutdown)
         except Exception as exc:  # ConnectionError, ValueError, RuntimeError: each library's own
             raise CaptionError(f"cannot start or reach {where}: "
                                f"{shortened(first_line(exc), MAX_SHOWN_ERROR)}") from None
         yield
+
+
+def _join(ray: Any, address: str, init: dict[str, Any]) -> None:
+    """Connect to the cluster at ``address``; --ray auto joins the cluster that `ray start` last started
+    on this machine. A cluster on 127.0.0.1 (its nodes started with --node-ip-address 127.0.0.1) is
+    joined there: Ray would otherwise take this process for this machine's network address, where
+    nothing of that cluster listens, and wait for it for ever."""
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    if not _is_loopback(host):
+        ray.init(address=address, include_dashboard=False, **init)
+        return
+    with _one_machine():
+        ray.init(address=address, include_dashboard=False, _node_ip_address=LOOPBACK, **init)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _check_reachable(address: str, where: str) -> None:
