@@ -139,14 +139,21 @@ def test_ray_cli_captions_equal_the_plain_cli(run_cli: RunCli, shared_models: Pa
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
 
 
-def test_ray_writes_the_tables_image_mode_writes(run_cli: RunCli, shared_models: Path, photos40: list[Path],
-                                                 tmp_path: Path) -> None:
-    inputs = [photos40[0], tmp_path / "gone.png", photos40[1]]
+def test_ray_writes_the_tables_image_mode_writes(shared_models: Path, photos40: list[Path], tmp_path: Path) -> None:
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/\xff.png"))  # a name that is not valid UTF-8
+    shutil.copy(photos40[2], odd)
+    inputs = [photos40[0], tmp_path / "gone.png", photos40[1], odd]
     flags = ("--model-dir", shared_models, "--offline", "--onnx")
+
+    def run(*args: str | Path) -> subprocess.CompletedProcess[str]:  # the odd name reaches stdout as its bytes
+        return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                              errors="surrogateescape", env=cli_env(), timeout=300, stdin=subprocess.DEVNULL,
+                              cwd=tmp_path)
+
     for ext in ("csv", "parquet"):
-        proc = run_cli("-i", *inputs, "--captions-file", tmp_path / f"plain.{ext}", *flags)
+        proc = run("-i", *inputs, "--captions-file", tmp_path / f"plain.{ext}", *flags)
         assert proc.returncode == 1, proc.stderr
-        proc = run_cli("-i", *inputs, "--ray", "--captions-file", tmp_path / f"ray.{ext}", *flags, timeout=300)
+        proc = run("-i", *inputs, "--ray", "--captions-file", tmp_path / f"ray.{ext}", *flags)
         assert proc.returncode == 1 and f"{tmp_path / 'gone.png'} does not exist" in proc.stderr, proc.stderr
     plain, ray = ((tmp_path / f"{kind}.csv").read_bytes().split(b"\n") for kind in ("plain", "ray"))
     assert plain[0] == ray[0] == b"input,caption,confidence,output,metadata,error"
@@ -154,7 +161,8 @@ def test_ray_writes_the_tables_image_mode_writes(run_cli: RunCli, shared_models:
     assert pq.read_schema(tmp_path / "plain.parquet") == pq.read_schema(tmp_path / "ray.parquet")
     by_input = [sorted(pq.read_table(tmp_path / f"{kind}.parquet").to_pylist(), key=lambda r: r["input"])
                 for kind in ("plain", "ray")]
-    assert by_input[0] == by_input[1] and len(by_input[0]) == 3
+    assert by_input[0] == by_input[1] and len(by_input[0]) == 4
+    assert os.fsencode(odd) in plain[4] and by_input[0][3]["input"] == f"{tmp_path}/\ufffd.png"
 
 
 def test_ray_resume_retries_failures_repairs_a_cut_line_and_refuses_a_foreign_file(

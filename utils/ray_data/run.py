@@ -385,6 +385,7 @@ def _ray_runtime(ray: Any, address: str | None) -> Iterator[None]:
                             "logging_level": logging.ERROR if quiet else logging.INFO}
     with contextlib.ExitStack() as stack:
         try:
+            stack.enter_context(_entrypoint_as_utf8())
             if address is None:
                 stack.enter_context(local_runtime(ray, **init))  # which cleans up after a failed start too
             else:
@@ -394,6 +395,30 @@ def _ray_runtime(ray: Any, address: str | None) -> Iterator[None]:
             raise CaptionError(f"cannot start or reach {where}: "
                                f"{shortened(first_line(exc), MAX_SHOWN_ERROR)}") from None
         yield
+
+
+@contextlib.contextmanager
+def _entrypoint_as_utf8() -> Iterator[None]:
+    """Ray records the driver's command line (read from the system, psutil's cmdline) as UTF-8 when it
+    connects, and a file name there that is not valid UTF-8 (its bytes kept as lone surrogates) would
+    stop the run: for that record its stray bytes read as U+FFFD. (The function is Ray's private one,
+    so it is replaced only where Ray has it.)"""
+    utils: Any = None
+    with contextlib.suppress(ImportError):
+        from ray._private import utils
+    entrypoint = getattr(utils, "get_entrypoint_name", None)
+    if entrypoint is None:
+        yield
+        return
+
+    def as_utf8() -> str:
+        return str(entrypoint()).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+    utils.get_entrypoint_name = as_utf8
+    try:
+        yield
+    finally:
+        utils.get_entrypoint_name = entrypoint
 
 
 def _join(ray: Any, address: str, init: dict[str, Any]) -> None:
