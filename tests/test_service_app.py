@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from tests.service_helpers import multipart
 from utils.decoding.options import DecodingOptions
 from utils.engine.captioner import Captioner, CaptionerOptions
 from utils.engine.runtime import RuntimeOptions
-from utils.service import json_body, ollama
+from utils.service import json_body, middleware, ollama
 from utils.service.app import ServiceState
 from utils.service.caption_queue import CaptionQueue
 from utils.service.job import Address, ServiceOptions
@@ -91,6 +93,43 @@ def test_refusals_in_one_line(app_service: InProcess) -> None:
     status, _, answer = app_service.request("POST", "/v1/captions", b"not an image", {"Content-Type": "image/png"})
     assert status == 422 and "not an image" in json.loads(answer)["error"]
     assert app_service.request("HEAD", "/readyz")[0] == 200
+
+
+def _refused_while_sending(port: int, trickle: bool) -> tuple[bytes, float]:
+    """Announce a body over the upload limit, then send a byte every 0.1 s (or nothing): the answer, and
+    how long the server took to close the connection after it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (1 << 40))
+        answer = sock.recv(65536)
+        while not answer.endswith(b"}"):  # the JSON answer, whole, before any byte of the body was read
+            answer += sock.recv(65536)
+        answered = time.monotonic()
+        sock.settimeout(0.1)
+        while time.monotonic() - answered < 30:
+            try:
+                if trickle:
+                    sock.sendall(b"x")
+                if sock.recv(65536) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset: the server closed while this client wrote
+                break
+        return answer, time.monotonic() - answered
+
+
+def test_a_refused_body_lingers_only_within_its_bounds(app_service: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer to a refused body comes at once and whole; then the rest of the body is dropped for at
+    most LINGER_S (a client sending for ever) or LINGER_IDLE_S without a byte, and the connection closes."""
+    monkeypatch.setattr(middleware, "LINGER_S", 1.0)
+    monkeypatch.setattr(middleware, "LINGER_IDLE_S", 0.3)
+    for trickle, bound in ((True, 1.0), (False, 0.3)):
+        answer, closed_after = _refused_while_sending(app_service.port, trickle)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413") and "limit" in json.loads(body)["error"]
+        # Closed after the bound, and long before the terabyte announced (the margin is for a loaded machine).
+        assert bound - 0.2 < closed_after < 20, (trickle, closed_after)
 
 
 @pytest.mark.parametrize(("body", "message"), [

@@ -1,5 +1,6 @@
 """The service's pure-ASGI layers, around every route: the token, the header limits, one clean answer
-for requests cut short by a forced stop, and ``X-Content-Type-Options: nosniff`` on every answer. Each
+for requests cut short by a forced stop, ``X-Content-Type-Options: nosniff`` on every answer, and a
+lingering close for answers that refuse a body before it is in. Each
 refusal is the service's one JSON shape, ``{"error": "one line"}``; the token's, on the OpenAI-compatible
 paths, OpenAI's (its clients read ``error.message``)."""
 
@@ -17,6 +18,12 @@ from utils.service.job import MAX_HEADER_BYTES, MAX_HEADERS
 
 OPEN_PATHS = frozenset({"/healthz"})  # answered without the token: a liveness probe has none
 NOSNIFF = (b"x-content-type-options", b"nosniff")
+CLOSE = (b"connection", b"close")
+# A refused body is read and dropped for at most this long, this many bytes, or this long without a byte
+# (nginx's lingering_time and lingering_timeout are 30 s and 5 s; a photo's upload is shorter).
+LINGER_S = 10.0
+LINGER_IDLE_S = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -115,3 +122,62 @@ class NoSniff:
             await send(message)
 
         await self.app(scope, receive, send_marked if scope["type"] == "http" else send)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    names = {name for name, _ in headers}
+    return b"transfer-encoding" in names or any(name == b"content-length" and value.strip() not in (b"", b"0")
+                                                for name, value in headers)
+
+
+class LingeringClose:
+    """An answer that closes the connection before the request's body is in (413, 401, 431, a full
+    service's 503, ...) is sent whole at once, and then the rest of the body is read and dropped, within
+    LINGER_S, LINGER_IDLE_S and LINGER_BYTES, before the connection closes. Closing at once would reset a
+    connection the client is still writing to: it would see "connection reset" or "broken pipe" in place of
+    the answer. A client that asked ``Expect: 100-continue`` sends no body after a refusal, so it is not
+    waited for."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _has_body(scope["headers"]) or (b"expect", b"100-continue") in [
+                (name, value.lower()) for name, value in scope["headers"]]:
+            await self.app(scope, receive, send)
+            return
+        body_in = False
+        closing = CLOSE in [(name, value.lower()) for name, value in scope["headers"]]
+
+        async def watched_receive() -> Message:
+            nonlocal body_in
+            message = await receive()
+            body_in = body_in or message["type"] == "http.disconnect" or not message.get("more_body", False)
+            return message
+
+        async def lingering_send(message: Message) -> None:
+            nonlocal closing
+            if message["type"] == "http.response.start":
+                closing = closing or CLOSE in [(name.lower(), value.lower()) for name, value in message["headers"]]
+            if message["type"] != "http.response.body" or message.get("more_body", False) or body_in or not closing:
+                await send(message)
+                return
+            await send({**message, "more_body": True})
+            await _drop_body(receive)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        await self.app(scope, watched_receive, lingering_send)
+
+
+async def _drop_body(receive: Receive) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_S
+    dropped = 0
+    while dropped <= LINGER_BYTES and (left := deadline - loop.time()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), min(left, LINGER_IDLE_S))
+        except (TimeoutError, asyncio.TimeoutError):
+            return
+        dropped += len(message.get("body", b""))
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return

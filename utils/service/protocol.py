@@ -19,7 +19,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from utils.service.middleware import NOSNIFF, error_response
+from utils.service.middleware import NOSNIFF, LingeringClose, error_response
 
 
 class ConnectionGate:
@@ -47,7 +47,8 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.app = ConnectionGate(self.app, self.connections, self.tasks, self.max_connections)
+        # Outermost, so that the gate's own 503 lingers too: a refused client reads its Retry-After.
+        self.app = LingeringClose(ConnectionGate(self.app, self.connections, self.tasks, self.max_connections))
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
