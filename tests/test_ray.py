@@ -30,6 +30,7 @@ from tests.reference import imread
 from tests.stand_in_models import NewFCParams
 from utils.engine.captioner import CaptionerOptions
 from utils.engine.runtime import RuntimeOptions
+from utils.images.inputs import InputItem
 from utils.ray_data.batch import BatchCaptioner
 from utils.ray_data.job import RayJob
 from utils.ray_data.run import INSTALL, local_runtime, run_ray
@@ -572,6 +573,25 @@ def test_run_ray_writes_every_input_once_with_its_error(ray_runtime: object, sha
     assert ray_runtime.is_initialized()  # type: ignore[attr-defined]  # the caller's runtime stays up
 
 
+def test_windows_of_rows_list_and_caption_every_input_once(ray_runtime: object, shared_models: Path,
+                                                           photos40: list[Path], plain40: Captions,
+                                                           tmp_path: Path) -> None:
+    """Three rows a window: the inputs are listed again a window at a time, each window captioned by
+    actors of its own; every input is written once, a window's unlisted inputs before its files."""
+    missing = tmp_path / "missing.png"
+    inputs = [str(p) for p in photos40[:4]] + [str(missing)] + [str(p) for p in photos40[4:8]]
+    out = tmp_path / "captions.csv"
+    status = run_ray(RayJob(inputs=inputs, address=None, captions_file=out, actors=2, window_rows=3),
+                     _options(shared_models))
+    assert status == 1
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["input"] for r in rows] == inputs[:3] + [str(missing), inputs[3]] + inputs[5:]
+    assert rows[3]["error"] == f"{missing} does not exist"
+    _assert_same([(r["input"], r["caption"], float(r["confidence"])) for r in rows if r["input"] != str(missing)],
+                 {name: plain40[name] for name in inputs if name != str(missing)})
+
+
 def test_a_file_that_cannot_be_read_is_its_rows_error(ray_runtime: object, shared_models: Path,
                                                       photos40: list[Path], plain40: Captions, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -580,15 +600,17 @@ def test_a_file_that_cannot_be_read_is_its_rows_error(ray_runtime: object, share
 
     gone = tmp_path / "gone.png"
     shutil.copy(photos40[2], gone)
-    listed = utils.ray_data.run.expand_inputs
+    listed = utils.ray_data.run.iter_inputs
+    listings = []
 
-    def listed_then_removed(specs: list[str]) -> list[object]:
-        items = listed(specs)
-        if str(gone) in specs:
+    def listed_then_removed(specs: list[str]) -> Iterator[InputItem]:
+        # The second listing is the one whose rows go to the cluster (the first counts them).
+        listings.append(specs)
+        yield from listed(specs)
+        if specs == [str(gone)] and listings.count(specs) == 2:
             gone.unlink()
-        return items  # type: ignore[return-value]
 
-    monkeypatch.setattr(utils.ray_data.run, "expand_inputs", listed_then_removed)
+    monkeypatch.setattr(utils.ray_data.run, "iter_inputs", listed_then_removed)
     out = tmp_path / "captions.jsonl"
     inputs = [str(photos40[0]), str(gone), str(photos40[1])]
     status = run_ray(RayJob(inputs=inputs, address=None, captions_file=out, actors=2), _options(shared_models))

@@ -52,7 +52,12 @@ def cluster() -> Iterator[RunningCluster]:
 
     folder = tempfile.mkdtemp(prefix="rc", dir="/tmp" if os.path.isdir("/tmp") else None)
     loopback = {"node_ip_address": "127.0.0.1", "temp_dir": folder, "include_dashboard": False}
-    started = Cluster(initialize_head=True, head_node_args={**loopback, "num_cpus": 0}, shutdown_at_exit=False)
+    # Ray's Cluster records the head's address in <RAY_TMPDIR>/ray/ray_current_cluster (by default /tmp/ray,
+    # which a fresh machine lacks, and where it would replace the address of a `ray start` of the user's).
+    os.makedirs(os.path.join(folder, "ray"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", folder)
+        started = Cluster(initialize_head=True, head_node_args={**loopback, "num_cpus": 0}, shutdown_at_exit=False)
     running = RunningCluster(started, loopback)
     try:
         for _ in range(WORKER_NODES):

@@ -460,3 +460,25 @@ def test_a_run_without_resume_does_not_rename_over_a_resume_run_that_began_after
     assert status == 0, err
     names = [r["input"] for r in records(captions)]
     assert len(names) == len(set(names)) == PHOTOS
+
+
+def test_a_run_that_prints_no_records_does_not_say_they_are_on_stdout(tmp_path: Path) -> None:
+    # --ray writes its records to the captions file only (open_writers with no stdout stream).
+    from utils.engine.caption_types import CaptionResult
+    from utils.output.captions_file import open_writers
+    from utils.output.records import CaptionRecord, RunSummary
+    from utils.output.resume import read_resumable
+    from utils.support.errors import CaptionError
+
+    captions = tmp_path / "captions.jsonl"
+    resumable = read_resumable(captions, "json")
+    # The error comes when the block ends.
+    with pytest.raises(CaptionError) as raised, open_writers("text", None, captions, resumable, set()) as out:
+        out.begin(2)
+        out.write(CaptionRecord("a.png", CaptionResult("a cat", [1, 2], -0.5, {})))
+        captions.unlink()
+        out.write(CaptionRecord("b.png", CaptionResult("a dog", [3, 4], -0.5, {})))
+        out.end(RunSummary(model="fc_nsc"))
+    assert str(raised.value) == (f"--captions-file {captions} was replaced or removed while this run appended to "
+                                 "it, so it lacks some of this run's records; run again with --resume to caption "
+                                 "what it lacks")

@@ -73,7 +73,7 @@ def open_writers(format_name: str, out: TextIO | None, captions_file: Path | Non
         yield stdout
         return
     if resumable is not None:
-        with appending(resumable, retried or set()) as copy:
+        with appending(resumable, retried or set(), echoed=out is not None) as copy:
             yield Tee([stdout, copy])
         return
     name = file_format(captions_file)

@@ -264,11 +264,12 @@ def appending_kept_out(path: Path, shared: bool) -> Iterator[None]:
 
 
 @contextmanager
-def appending(resumable: Resumable, retried: set[str]) -> Iterator[ResultWriter]:
+def appending(resumable: Resumable, retried: set[str], echoed: bool = True) -> Iterator[ResultWriter]:
     """A writer that appends to the captions file, locked against other runs and repaired first: the
     torn end cut off, and left out the records a later one supersedes and the failed records of
     ``retried`` (the inputs this run captions again). The file keeps what was written however the run
-    ends; a file that the path no longer names by then (replaced or removed) is a CaptionError."""
+    ends; a file that the path no longer names by then (replaced or removed) is a CaptionError, which
+    says whether this run's records are on standard output too (``echoed``)."""
     path = resumable.path
     check_output_slot(path)
     try:
@@ -315,17 +316,18 @@ def appending(resumable: Resumable, retried: set[str]) -> Iterator[ResultWriter]
         with contextlib.suppress(OSError):
             file.close()
         if writer.lost and not finished:  # said now: the interruption's own message would leave it unsaid
-            logger.error("%s", printable(_lost(path)))
+            logger.error("%s", printable(_lost(path, echoed)))
     if writer.lost:
-        raise CaptionError(_lost(path))
+        raise CaptionError(_lost(path, echoed))
     if writer.inner.failure is not None:
         raise CaptionError(f"cannot write {path}: {writer.inner.failure}; the records before that are kept "
                            "and --resume goes on from them")
 
 
-def _lost(path: Path) -> str:
+def _lost(path: Path, echoed: bool) -> str:
+    where = " (they are on standard output)" if echoed else ""
     return (f"{OPTION} {path} was replaced or removed while this run appended to it, so it lacks some of this "
-            "run's records (they are on standard output); run again with --resume to caption what it lacks")
+            f"run's records{where}; run again with --resume to caption what it lacks")
 
 
 def _truncate(resumable: Resumable, fd: int) -> None:

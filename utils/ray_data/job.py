@@ -22,3 +22,4 @@ class RayJob:
     # Append each record to captions_file as it comes back, and leave out the inputs it records as done
     # (utils/output/resume.py, as image mode's --resume).
     resume: bool = False
+    window_rows: int | None = None  # rows sent to the cluster at once; None: run.py's WINDOW_ROWS or more

@@ -27,11 +27,11 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,11 +39,11 @@ from utils.engine.caption_types import CaptionerOptions, CaptionResult, default_
 from utils.engine.limits import MAX_IMAGE_PIXELS_ENV, decoding_limit
 from utils.engine.preprocess import read_image_bytes, size_problem
 from utils.files.checks import check_output_slot, check_writable_folder, never_an_input
-from utils.images.inputs import IMAGE_EXTENSIONS, expand_inputs, is_image_name
+from utils.images.inputs import IMAGE_EXTENSIONS, is_image_name, iter_inputs
 from utils.images.steps.registry import table_columns
 from utils.output.captions_file import file_format, open_writers
 from utils.output.records import CaptionRecord, RunSummary
-from utils.output.resume import Resumable, read_resumable
+from utils.output.resume import read_resumable
 from utils.ray_data.batch import BatchCaptioner
 from utils.ray_data.job import OUTPUT_FORMATS, RayJob
 from utils.support.errors import CaptionError, first_line
@@ -63,8 +63,14 @@ CALLS_PER_ACTOR = 4
 UPLOAD_EXCLUDES = [".git", "**/__pycache__", "/models/*", "!/models/*.py", "/bench/models", "/bench/out",
                    "/tests", "/samples", "/docs"]
 # Blocks of input rows at most, each read by one task and captioned by one actor call: enough for
-# thousands of actors, few enough that Ray's bookkeeping of millions of inputs stays small.
+# thousands of actors, few enough that Ray's bookkeeping of a window stays small.
 MAX_BLOCKS = 4096
+# Rows listed and sent to the cluster at once (a window; the next is listed when it is done), so that the
+# driver's memory is bounded by it (under 1 KB a row) and not by the inputs. Each window starts actors of
+# its own, so each actor gets at least CALLS_PER_WINDOW calls of it (about 20 minutes of work with the
+# full-size models): the models' load and the window's last, uneven calls stay a small part of it.
+WINDOW_ROWS = 16_384
+CALLS_PER_WINDOW = 256
 MAX_SHOWN_ERROR = 300
 CONNECT_TIMEOUT_S = 10
 LOCAL = -1  # a row's file system: a path this node reads itself (a local path or a file:// URI)
@@ -98,43 +104,53 @@ def require_ray() -> ModuleType:
     return ray
 
 
+class Entry(NamedTuple):
+    """One input as listed: a file to read (its file system, LOCAL or an index in ``filesystems``, and its
+    path there), or an input that names none (``error`` says why)."""
+
+    name: str
+    source: int = LOCAL
+    location: str = ""
+    error: str | None = None
+
+
 @dataclass
-class Listing:
-    """What the inputs name: the files to read, in input order, and the inputs that name none."""
+class Survey:
+    """The first of the two listings: what is left to do, without holding it. The second listing, in
+    windows of rows, is what goes to the cluster; neither holds more than one folder's or URI's names."""
 
-    rows: list[tuple[str, int, str]] = field(default_factory=list)  # (input, file system, path on it)
-    unlisted: list[tuple[str, str]] = field(default_factory=list)  # (input, why it gives no file)
-    filesystems: list[Any] = field(default_factory=list)  # the URIs' pyarrow file systems; LOCAL: none
-
-    def local_files(self) -> list[Path]:
-        return [Path(location) for _, source, location in self.rows if source == LOCAL]
+    files: int = 0  # files to caption
+    unlisted: int = 0  # inputs that name no file
+    done: int = 0  # inputs the resumed captions file records as done
+    retried: set[str] = field(default_factory=set)  # inputs whose failed records this run replaces
+    filesystems: list[Any] = field(default_factory=list)  # the URIs' pyarrow file systems
 
 
 def run_ray(job: RayJob, options: CaptionerOptions) -> int:
     """Caption every input on the cluster and write --captions-file; the exit status (1 if any failed)."""
     ray = require_ray()
-    listing = list_inputs(job.inputs)
     check_output_slot(job.captions_file)
     check_writable_folder(job.captions_file.parent, "--captions-file")
-    never_an_input([job.captions_file], listing.local_files(), "--captions-file")
-    resumable, retried = _resumed(job, listing)
+    resumable = read_resumable(job.captions_file, file_format(job.captions_file) or "", table_columns()) \
+        if job.resume else None
+    done = resumable.done if resumable is not None else frozenset()
+    survey = _survey(job, done, resumable.failed if resumable is not None else {})
+    if resumable is not None:
+        listed = survey.files + survey.unlisted + survey.done
+        logger.info("%d of %d inputs are done in %s", survey.done, listed, job.captions_file)
     # The model folder the actors use: the same path on every node (found there or fetched to it, and
     # verified like every model file), so a shared file system holds one copy for all.
     model_dir = (options.model_dir or _default_model_dir()).resolve()
-    failed = bool(listing.unlisted)
-    written = 0
+    failed = written = 0
     # Nothing on stdout (out=None): its writer only logs each failed input, as image mode's does.
     # Nothing left to caption (a resumed run that is done): no runtime to start.
-    runtime = _ray_runtime(ray, job.address) if listing.rows else contextlib.nullcontext()
+    runtime = _ray_runtime(ray, job.address) if survey.files else contextlib.nullcontext()
     with _ray_warnings(), runtime, \
-            open_writers("text", None, job.captions_file, resumable, retried, table_columns()) as out:
-        out.begin(len(listing.unlisted) + len(listing.rows))
-        records: Iterator[CaptionRecord] = (CaptionRecord(name, None, error) for name, error in listing.unlisted)
-        if listing.rows:
-            records = itertools.chain(records, _captioned(
-                ray, job, replace(options, model_dir=model_dir, progress=False), listing))
-        for record in records:
-            failed |= record.error is not None
+            open_writers("text", None, job.captions_file, resumable, survey.retried, table_columns()) as out:
+        out.begin(survey.files + survey.unlisted)
+        options = replace(options, model_dir=model_dir, progress=False)
+        for record in _records(ray, job, options, survey, done):
+            failed += record.error is not None
             out.write(record)
             written += 1
         out.end(RunSummary(model=options.model))
@@ -142,42 +158,48 @@ def run_ray(job: RayJob, options: CaptionerOptions) -> int:
     return 1 if failed else 0
 
 
-def _resumed(job: RayJob, listing: Listing) -> tuple[Resumable | None, set[str]]:
-    """With --resume: what the captions file holds, the listing left without the inputs it records as
-    done, and the inputs whose failed records this run replaces."""
-    if not job.resume:
-        return None, set()
-    resumable = read_resumable(job.captions_file, file_format(job.captions_file) or "", table_columns())
-    listed = len(listing.rows) + len(listing.unlisted)
-    listing.rows = [row for row in listing.rows if row[0] not in resumable.done]
-    listing.unlisted = [row for row in listing.unlisted if row[0] not in resumable.done]
-    logger.info("%d of %d inputs are done in %s", listed - len(listing.rows) - len(listing.unlisted), listed,
-                job.captions_file)
-    return resumable, {name for name, _, _ in listing.rows} | {name for name, _ in listing.unlisted}
+def _survey(job: RayJob, done: frozenset[str], failed: Mapping[str, object]) -> Survey:
+    """Count what is left (resumed: without the inputs done), note the failed ones to replace, and check
+    that --captions-file is none of the inputs, in one listing."""
+    survey = Survey()
+    captions_file = job.captions_file.resolve()
+    for entry in list_inputs(job.inputs, survey.filesystems):
+        if entry.name in done:
+            survey.done += 1
+            continue
+        if entry.name in failed:
+            survey.retried.add(entry.name)
+        if entry.error is not None:
+            survey.unlisted += 1
+            continue
+        survey.files += 1
+        if entry.source == LOCAL and Path(entry.location).resolve() == captions_file:
+            never_an_input([job.captions_file], [Path(entry.location)], "--captions-file")
+    return survey
 
 
-def list_inputs(specs: list[str]) -> Listing:
-    """Each input on its own: local files, folders and patterns as without --ray, and each URI through
-    pyarrow; an input that names no file (missing, an empty folder, a scheme pyarrow does not know, a
-    listing that fails) is one unlisted row, and the others go on."""
-    listing = Listing()
+def list_inputs(specs: list[str], filesystems: list[Any]) -> Iterator[Entry]:
+    """Each input on its own, in input order, listed as it is asked for: local files, folders and patterns
+    as without --ray, and each URI through pyarrow (its file system added to ``filesystems``, once); an
+    input that names no file (missing, an empty folder, a scheme pyarrow does not know, a listing that
+    fails) is one Entry with its error, and the others go on."""
     for spec in specs:
         if "://" not in spec:
-            for item in expand_inputs([spec]):
+            for item in iter_inputs([spec]):
                 if item.path is None:
-                    listing.unlisted.append((item.name, item.error or f"{item.name} is not listed"))
+                    yield Entry(item.name, error=item.error or f"{item.name} is not listed")
                 else:
                     path = os.path.abspath(item.path)
-                    listing.rows.append((path, LOCAL, path))
+                    yield Entry(path, LOCAL, path)
             continue
         try:
             filesystem, files = _uri_files(spec)
         except CaptionError as exc:
-            listing.unlisted.append((spec, str(exc)))
+            yield Entry(spec, error=str(exc))
             continue
-        source = _source_of(filesystem, listing.filesystems)
-        listing.rows += [(name, source, location) for name, location in files]
-    return listing
+        source = _source_of(filesystem, filesystems)
+        for name, location in files:
+            yield Entry(name, source, location)
 
 
 def _uri_files(uri: str) -> tuple[Any, list[tuple[str, str]]]:
@@ -454,15 +476,55 @@ def _check_reachable(address: str, where: str) -> None:
                            "there, and is that its GCS port?") from None
 
 
-def _captioned(ray: Any, job: RayJob, options: CaptionerOptions, listing: Listing) -> Iterator[CaptionRecord]:
-    """The record of every listed file, in input order, as the actors finish them."""
-    files = len(listing.rows)
+@dataclass(frozen=True)
+class _Plan:
+    """How the files are spread: actors, their threads, rows per actor call, rows per window."""
+
+    actors: int
+    threads: int
+    batch_rows: int
+    window_rows: int
+
+    @classmethod
+    def of(cls, job: RayJob, cpus: int, files: int) -> _Plan:
+        # No more actors than files: each one loads the models, and one with nothing to do holds its cores.
+        actors = min(job.actors or default_workers(cpus), files)
+        threads = max(1, cpus // actors)  # each actor's share of the cluster's cores, one ONNX Runtime session
+        batch_rows = max(1, min(BATCH_ROWS, files // (actors * CALLS_PER_ACTOR)))
+        window = job.window_rows or max(WINDOW_ROWS, actors * batch_rows * CALLS_PER_WINDOW)
+        return cls(actors, threads, batch_rows, window)
+
+
+def _records(ray: Any, job: RayJob, options: CaptionerOptions, survey: Survey,
+             done: frozenset[str]) -> Iterator[CaptionRecord]:
+    """Every input's record but the done ones', listed again and sent to the cluster a window of rows at
+    a time: what is listed, in flight and held here is bounded by the window, not by the inputs. Within a
+    window, the inputs that name no file come first, then the files in input order."""
+    if not survey.files:
+        for entry in list_inputs(job.inputs, []):
+            if entry.name not in done:
+                yield CaptionRecord(entry.name, None, entry.error)
+        return
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    # No more actors than files: each one loads the models, and one with nothing to do holds its cores.
-    actors = min(job.actors or default_workers(cpus), files)
-    threads = max(1, cpus // actors)  # each actor's share of the cluster's cores, one ONNX Runtime session
-    options = replace(options, workers=1, runtime=replace(options.runtime, intra_op_threads=threads))
-    logger.info("%d actors with %d threads each on %d CPUs", actors, threads, cpus)
+    plan = _Plan.of(job, cpus, survey.files)
+    options = replace(options, workers=1, runtime=replace(options.runtime, intra_op_threads=plan.threads))
+    logger.info("%d actors with %d threads each on %d CPUs, %d rows a window", plan.actors, plan.threads, cpus,
+                plan.window_rows)
+    _configure_ray_data(ray)
+    entries = (entry for entry in list_inputs(job.inputs, survey.filesystems) if entry.name not in done)
+    captioned = 0
+    while window := list(itertools.islice(entries, plan.window_rows)):
+        rows = [entry for entry in window if entry.error is None]
+        for entry in window:
+            if entry.error is not None:
+                yield CaptionRecord(entry.name, None, entry.error)
+        del window
+        if rows:
+            yield from _captioned(ray, job, options, plan, rows, survey.filesystems, captioned)
+            captioned += len(rows)
+
+
+def _configure_ray_data(ray: Any) -> None:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # the file lists the inputs in their order
     # Ray's own progress bars, on a terminal; elsewhere (a log, a pipe) Ray would log its progress
@@ -471,26 +533,31 @@ def _captioned(ray: Any, job: RayJob, options: CaptionerOptions, listing: Listin
     if not logger.isEnabledFor(logging.DEBUG):
         # Its failures reach people as this program's one line (a traceback with --debug).
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-    batch_rows = max(1, min(BATCH_ROWS, files // (actors * CALLS_PER_ACTOR)))
+
+
+def _captioned(ray: Any, job: RayJob, options: CaptionerOptions, plan: _Plan, entries: list[Entry],
+               filesystems: list[Any], captioned: int) -> Iterator[CaptionRecord]:
+    """The record of every file of one window, in input order, as the actors finish them (``captioned``:
+    the files of the windows before, for the log)."""
+    actors = min(plan.actors, len(entries))
     # Blocks of about one actor call each: a block is read by one task and captioned by one call.
-    blocks = min(-(-files // batch_rows), max(MAX_BLOCKS, actors))
-    rows = ray.data.from_items([{"path": name, "source": source, "location": location}
-                                for name, source, location in listing.rows], override_num_blocks=blocks)
+    blocks = min(-(-len(entries) // plan.batch_rows), max(MAX_BLOCKS, actors))
+    rows = ray.data.from_items([{"path": entry.name, "source": entry.source, "location": entry.location}
+                                for entry in entries], override_num_blocks=blocks)
     # Reading takes no CPU of its own: the actors hold every core, and a read task waiting for one would
     # wait for ever. As many reads at once as actors keep them fed. A file that cannot be read is its
     # row's error (read_files), which the actors keep.
-    data = rows.map_batches(read_files, fn_kwargs={"filesystems": listing.filesystems}, num_cpus=0,
+    data = rows.map_batches(read_files, fn_kwargs={"filesystems": list(filesystems)}, num_cpus=0,
                             concurrency=actors, batch_size=None, batch_format="numpy")
     captions = data.map_batches(
         BatchCaptioner, fn_constructor_kwargs={"options": options, "decoding": job.decoding, "drop": ("bytes",),
                                                "records": True},
-        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads, batch_size=batch_rows,
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=plan.threads, batch_size=plan.batch_rows,
         batch_format="numpy")
-    received = 0
     try:
         for batch in captions.iter_batches(batch_format="numpy", batch_size=None):
-            received += len(batch["path"])
-            logger.debug("%d rows captioned", received)
+            captioned += len(batch["path"])
+            logger.debug("%d rows captioned", captioned)
             for row in zip(batch["path"], batch["caption"], batch["confidence"], batch["error"], batch["indices"],
                            batch["backend"], strict=True):
                 yield _record(options.model, *row)
