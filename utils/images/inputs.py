@@ -31,7 +31,8 @@ def _folder_images(folder: Path, name: str) -> Iterator[InputItem]:
     # Names, not Paths, while sorting: a folder of a million photos is listed in a tenth of the memory.
     try:
         with os.scandir(folder) as entries:
-            found = sorted(entry.name for entry in entries if entry.is_file() and is_image_name(Path(entry.name)))
+            found = sorted(entry.name for entry in entries
+                           if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
     except OSError as exc:
         yield InputItem(name, None, f"cannot list folder {name}: {exc.strerror or exc}")
         return
@@ -39,8 +40,9 @@ def _folder_images(folder: Path, name: str) -> Iterator[InputItem]:
         kinds = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         yield InputItem(name, None, f"folder {name} has no images ({kinds})")
         return
+    prefix = str(Path(name))  # as Path joins it: without "./", a trailing slash or doubled ones
     for found_name in found:
-        yield InputItem(str(Path(name) / found_name), folder / found_name)
+        yield InputItem(found_name if prefix == "." else os.path.join(prefix, found_name), folder / found_name)
 
 
 def _pattern_images(pattern: str) -> Iterator[InputItem]:
