@@ -23,16 +23,16 @@ class InputItem:
         return message if self.name in message or self.path is None else f"{self.name}: {message}"
 
 
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+def is_image_name(path: str | Path) -> bool:
+    # splitext, not Path.suffix: a folder's names are tested as strings, without a Path for each.
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _folder_images(folder: Path, name: str) -> Iterator[InputItem]:
     # Names, not Paths, while sorting: a folder of a million photos is listed in a tenth of the memory.
     try:
         with os.scandir(folder) as entries:
-            found = sorted(entry.name for entry in entries
-                           if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS)
+            found = sorted(entry.name for entry in entries if entry.is_file() and is_image_name(entry.name))
     except OSError as exc:
         yield InputItem(name, None, f"cannot list folder {name}: {exc.strerror or exc}")
         return
@@ -47,7 +47,7 @@ def _folder_images(folder: Path, name: str) -> Iterator[InputItem]:
 
 def _pattern_images(pattern: str) -> Iterator[InputItem]:
     matches = sorted(glob.glob(pattern, recursive=True))
-    files = [m for m in matches if Path(m).is_file() and is_image_name(Path(m))]
+    files = [m for m in matches if Path(m).is_file() and is_image_name(m)]
     if not files:
         yield InputItem(pattern, None, f"no image files match {pattern}")
     for m in files:

@@ -264,7 +264,7 @@ def appending_kept_out(path: Path, shared: bool) -> Iterator[None]:
 
 
 @contextmanager
-def appending(resumable: Resumable, retried: set[str], echoed: bool = True) -> Iterator[ResultWriter]:
+def appending(resumable: Resumable, retried: set[str], echoed: bool) -> Iterator[ResultWriter]:
     """A writer that appends to the captions file, locked against other runs and repaired first: the
     torn end cut off, and left out the records a later one supersedes and the failed records of
     ``retried`` (the inputs this run captions again). The file keeps what was written however the run

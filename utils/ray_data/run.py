@@ -225,7 +225,7 @@ def _uri_files(uri: str) -> tuple[Any, list[tuple[str, str]]]:
         relative = entry.path[len(base):].lstrip("/")
         # Ray's own rule for what a folder holds: names that start with . or _ are not data (_SUCCESS).
         if entry.is_file and entry.path.startswith(base) and not relative.startswith((".", "_")) \
-                and is_image_name(Path(relative)):
+                and is_image_name(relative):
             files.append((f"{uri.rstrip('/')}/{relative}", entry.path))
     if not files:
         raise CaptionError(f"folder {uri} has no images ({FOLDER_KINDS})")
@@ -500,10 +500,9 @@ def _records(ray: Any, job: RayJob, options: CaptionerOptions, survey: Survey,
     """Every input's record but the done ones', listed again and sent to the cluster a window of rows at
     a time: what is listed, in flight and held here is bounded by the window, not by the inputs. Within a
     window, the inputs that name no file come first, then the files in input order."""
-    if not survey.files:
-        for entry in list_inputs(job.inputs, []):
-            if entry.name not in done:
-                yield CaptionRecord(entry.name, None, entry.error)
+    entries = (entry for entry in list_inputs(job.inputs, survey.filesystems) if entry.name not in done)
+    if not survey.files:  # no runtime was started: every input left is one that names no file
+        yield from (CaptionRecord(entry.name, None, entry.error) for entry in entries)
         return
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     plan = _Plan.of(job, cpus, survey.files)
@@ -511,7 +510,6 @@ def _records(ray: Any, job: RayJob, options: CaptionerOptions, survey: Survey,
     logger.info("%d actors with %d threads each on %d CPUs, %d rows a window", plan.actors, plan.threads, cpus,
                 plan.window_rows)
     _configure_ray_data(ray)
-    entries = (entry for entry in list_inputs(job.inputs, survey.filesystems) if entry.name not in done)
     captioned = 0
     while window := list(itertools.islice(entries, plan.window_rows)):
         rows = [entry for entry in window if entry.error is None]
